@@ -1,0 +1,40 @@
+# rtsub — PGXS build.  `make && make install` builds and installs the
+# extension; `make test` runs every test suite; `make bench` runs the
+# benchmarks; `make demo` starts a throw-away demo cluster.
+
+EXTENSION  = rtsub
+MODULE_big = rtsub
+OBJS = \
+	src/rtsub.o \
+	src/filter.o \
+	src/catalog.o \
+	src/decoder.o \
+	src/encode_json.o \
+	src/encode_msgpack.o
+
+DATA = $(wildcard sql/rtsub--*.sql)
+
+PG_CONFIG ?= pg_config
+DEPS_PC    = libwebsockets msgpack libjwt
+PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags $(DEPS_PC))
+SHLIB_LINK  = $(shell pkg-config --libs $(DEPS_PC))
+PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+
+# pg_regress suites: sql/<name>.sql against expected/<name>.out
+REGRESS      = catalog filter plugin_json plugin_types plugin_options plugin_partition
+REGRESS_OPTS = --temp-config=$(srcdir)/test/logical.conf
+
+EXTRA_CLEAN = results regression.diffs regression.out tmp_check tmp_install log
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+.PHONY: test bench demo deps
+deps:
+	bash test/deps.sh
+test:
+	bash test/run
+bench:
+	bash test/bench/run
+demo:
+	bash test/demo
