@@ -7,6 +7,7 @@ MODULE_big = rtsub
 OBJS = \
 	src/rtsub.o \
 	src/filter.o \
+	src/encode.o \
 	src/catalog.o \
 	src/decoder.o \
 	src/encode_json.o \

@@ -1,0 +1,67 @@
+/*-------------------------------------------------------------------------
+ *
+ * encode.c
+ *	  What the JSON and MessagePack encoders share: choosing how a type is
+ *	  encoded, the text form of a value, and setting up a writer.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "utils/lsyscache.h"
+
+#include "encode.h"
+
+/* decide once per column how values of a type are encoded */
+RtsubValueKind
+rtsub_value_kind(Oid typid)
+{
+	switch (getBaseType(typid))
+	{
+		case INT2OID:
+			return RTSUB_V_INT2;
+		case INT4OID:
+			return RTSUB_V_INT4;
+		case INT8OID:
+			return RTSUB_V_INT8;
+		case OIDOID:
+			return RTSUB_V_OID;
+		case FLOAT4OID:
+			return RTSUB_V_FLOAT4;
+		case FLOAT8OID:
+			return RTSUB_V_FLOAT8;
+		case BOOLOID:
+			return RTSUB_V_BOOL;
+		case JSONOID:
+			return RTSUB_V_JSON;
+		case JSONBOID:
+			return RTSUB_V_JSONB;
+		case BYTEAOID:
+			return RTSUB_V_BYTEA;
+		case TEXTOID:
+		case VARCHAROID:
+			return RTSUB_V_TEXT;
+		default:
+			return RTSUB_V_OTHER;
+	}
+}
+
+/* return a value's text form through its type's output function */
+char *
+rtsub_output_text(const RtsubColumn *col, Datum d)
+{
+	return OutputFunctionCall((FmgrInfo *) &col->output, d);
+}
+
+/* set up a writer that appends records in the given format to out */
+void
+rtsub_writer_init(RtsubWriter *w, StringInfo out, RtsubFormat format)
+{
+	w->out = out;
+	w->enc = (format == RTSUB_FORMAT_MSGPACK) ?
+		&rtsub_msgpack_encoder : &rtsub_json_encoder;
+	w->depth = 0;
+	w->after_key = false;
+	w->first[0] = true;
+}

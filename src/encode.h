@@ -1,0 +1,103 @@
+/*-------------------------------------------------------------------------
+ *
+ * encode.h
+ *	  The writer interface shared by the JSON and MessagePack encoders.
+ *
+ * A record is written as a tree of maps, arrays and scalars through an
+ * RtsubEncoder; the JSON and MessagePack encoders implement it so that the
+ * decoder (and later the protocol) writes every record once, format-blind.
+ * MessagePack needs container sizes up front, so map_begin/array_begin take
+ * the exact number of entries; JSON ignores it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef RTSUB_ENCODE_H
+#define RTSUB_ENCODE_H
+
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+
+/* How a column's values are encoded, decided once per column */
+typedef enum RtsubValueKind
+{
+	RTSUB_V_INT2,
+	RTSUB_V_INT4,
+	RTSUB_V_INT8,
+	RTSUB_V_OID,
+	RTSUB_V_FLOAT4,
+	RTSUB_V_FLOAT8,
+	RTSUB_V_BOOL,
+	RTSUB_V_JSON,
+	RTSUB_V_JSONB,
+	RTSUB_V_BYTEA,
+	RTSUB_V_TEXT,				/* text, varchar: the bytes are the text form */
+	RTSUB_V_OTHER				/* anything else: the output function */
+} RtsubValueKind;
+
+/* A column to encode: name, kind and output function */
+typedef struct RtsubColumn
+{
+	int			attnum;			/* 1-based attribute number */
+	const char *name;
+	int			namelen;
+	RtsubValueKind kind;
+	FmgrInfo	output;			/* type output function (RTSUB_V_OTHER) */
+} RtsubColumn;
+
+typedef enum RtsubFormat
+{
+	RTSUB_FORMAT_JSON,
+	RTSUB_FORMAT_MSGPACK
+} RtsubFormat;
+
+typedef struct RtsubWriter RtsubWriter;
+
+/*
+ * The encoder operations.  Strings passed to key() and str() must be
+ * NUL-terminated at len (JSON escaping works on C strings); bin() data need
+ * not be.
+ */
+typedef struct RtsubEncoder
+{
+	void		(*map_begin) (RtsubWriter *w, int n);
+	void		(*map_end) (RtsubWriter *w);
+	void		(*array_begin) (RtsubWriter *w, int n);
+	void		(*array_end) (RtsubWriter *w);
+	void		(*key) (RtsubWriter *w, const char *k, int len);
+	void		(*str) (RtsubWriter *w, const char *s, int len);
+	void		(*int64) (RtsubWriter *w, int64 v);
+	void		(*boolean) (RtsubWriter *w, bool v);
+	void		(*null) (RtsubWriter *w);
+	void		(*bin) (RtsubWriter *w, const char *data, int len);
+	void		(*value) (RtsubWriter *w, const RtsubColumn *col, Datum d);
+} RtsubEncoder;
+
+#define RTSUB_MAX_DEPTH 64
+
+struct RtsubWriter
+{
+	StringInfo	out;
+	const RtsubEncoder *enc;
+	int			depth;
+	bool		after_key;		/* JSON: a key was just written */
+	bool		first[RTSUB_MAX_DEPTH];	/* JSON: no comma before next item */
+};
+
+extern const RtsubEncoder rtsub_json_encoder;
+extern const RtsubEncoder rtsub_msgpack_encoder;
+
+extern void rtsub_writer_init(RtsubWriter *w, StringInfo out, RtsubFormat format);
+extern RtsubValueKind rtsub_value_kind(Oid typid);
+extern char *rtsub_output_text(const RtsubColumn *col, Datum d);
+
+/* Convenience: key followed by a string value */
+static inline void
+rtsub_put_kv_str(RtsubWriter *w, const char *k, const char *v)
+{
+	w->enc->key(w, k, strlen(k));
+	w->enc->str(w, v, strlen(v));
+}
+
+#endif							/* RTSUB_ENCODE_H */
