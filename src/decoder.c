@@ -44,6 +44,7 @@
 #include "replication/output_plugin.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/timestamp.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -681,8 +682,12 @@ prepare_txn_strings(RtsubData *data, ReorderBufferTXN *txn)
 		return;
 	snprintf(data->lsn, sizeof(data->lsn), "%X/%X",
 			 LSN_FORMAT_ARGS(txn->final_lsn));
+	/* ISO 8601 in UTC with a fixed six-digit fraction */
 	if (timestamp2tm(txn->xact_time.commit_time, NULL, &tm, &fsec, NULL, NULL) == 0)
-		EncodeDateTime(&tm, fsec, true, 0, NULL, USE_XSD_DATES, data->ts);
+		snprintf(data->ts, sizeof(data->ts),
+				 "%04d-%02d-%02dT%02d:%02d:%02d.%06d+00:00",
+				 tm.tm_year, tm.tm_mon, tm.tm_mday,
+				 tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
 	else
 		strlcpy(data->ts, "infinity", sizeof(data->ts));
 	data->txn_strings = true;
