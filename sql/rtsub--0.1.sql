@@ -277,7 +277,7 @@ COMMENT ON FUNCTION rtsub._check_columns(pg_catalog.regclass, pg_catalog.name[])
 -- Check that a table can be published as it is now.
 CREATE FUNCTION rtsub._check_publishable(tbl pg_catalog.regclass)
 RETURNS void
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -294,7 +294,7 @@ BEGIN
 					WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
 					WHEN 'f' THEN 'foreign table' WHEN 'S' THEN 'sequence'
 					WHEN 'i' THEN 'index' WHEN 'I' THEN 'partitioned index'
-					WHEN 'c' THEN 'composite type' ELSE 'relation of kind ' || r.relkind END),
+					WHEN 'c' THEN 'composite type' ELSE 'relation of kind ' || r.relkind::text END),
 			      HINT = 'Only tables and partitioned tables can be published.';
 	END IF;
 	IF r.nspname IN ('pg_catalog', 'information_schema', 'rtsub') OR r.nspname LIKE 'pg\_toast%' THEN
@@ -334,7 +334,9 @@ RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT rtsub.invalidate_relation(relid) FROM pg_partition_tree(tbl);
+	-- pg_partition_tree() returns nothing for a table that is not partitioned
+	SELECT rtsub.invalidate_relation(r)
+	  FROM (SELECT tbl UNION SELECT relid FROM pg_partition_tree(tbl)) AS t(r);
 	SELECT NULL::void;
 $$;
 
@@ -385,7 +387,7 @@ BEGIN
 			      HINT = 'Publish the partitioned table with via_root => true, or omit via_root.';
 	END IF;
 	IF replica_identity_full THEN
-		FOR part IN SELECT relid FROM pg_partition_tree(tbl) LOOP
+		FOR part IN SELECT tbl UNION SELECT relid FROM pg_partition_tree(tbl) LOOP
 			IF (SELECT relreplident FROM pg_class WHERE oid = part) <> 'f' THEN
 				EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', part);
 			END IF;

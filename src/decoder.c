@@ -35,6 +35,7 @@
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "catalog/pg_extension.h"
+#include "catalog/pg_index.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
@@ -50,6 +51,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/varlena.h"
 
 #include "encode.h"
@@ -567,12 +569,42 @@ decide_emission(RtsubData *data, Relation relation, bool *emit, Oid *report)
 	}
 }
 
+/*
+ * Return the key columns of relation (offset by
+ * FirstLowInvalidHeapAttributeNumber): those of the replica identity index,
+ * or for REPLICA IDENTITY FULL those of the primary key, if any.
+ */
+static Bitmapset *
+identity_key_attrs(Relation relation)
+{
+	Bitmapset  *result = RelationGetIdentityKeyBitmap(relation);
+	HeapTuple	tup;
+	Form_pg_index index;
+	int			i;
+
+	if (result != NULL || relation->rd_rel->relreplident != REPLICA_IDENTITY_FULL)
+		return result;
+
+	list_free(RelationGetIndexList(relation));	/* sets rd_pkindex */
+	if (!OidIsValid(relation->rd_pkindex))
+		return NULL;
+	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(relation->rd_pkindex));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for index %u", relation->rd_pkindex);
+	index = (Form_pg_index) GETSTRUCT(tup);
+	for (i = 0; i < index->indnkeyatts; i++)
+		result = bms_add_member(result, index->indkey.values[i] -
+								FirstLowInvalidHeapAttributeNumber);
+	ReleaseSysCache(tup);
+	return result;
+}
+
 /* fill the column descriptions of an entry from its reported descriptor */
 static void
 build_columns(RelEntry *entry, Relation relation)
 {
 	TupleDesc	desc = entry->desc;
-	Bitmapset  *keyattrs = RelationGetIdentityKeyBitmap(relation);
+	Bitmapset  *keyattrs = identity_key_attrs(relation);
 	int			i;
 
 	entry->cols = palloc0(sizeof(RtsubColumn) * Max(desc->natts, 1));
