@@ -1010,7 +1010,7 @@ done:
 	MemoryContextReset(data->change_cxt);
 }
 
-/* TRUNCATE: one record per emitted table */
+/* TRUNCATE: one record per emitted table (per root, for partitions) */
 static void
 rtsub_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			   int nrelations, Relation relations[],
@@ -1020,14 +1020,26 @@ rtsub_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	MemoryContext oldcxt;
 	int			i;
 
+	Oid		   *reported;
+	int			nreported = 0;
+
 	oldcxt = MemoryContextSwitchTo(data->change_cxt);
+	reported = palloc(sizeof(Oid) * nrelations);
 	for (i = 0; i < nrelations; i++)
 	{
 		RelEntry   *entry = get_rel_entry(data, relations[i]);
 		RtsubWriter w;
+		int			j;
 
 		if (!entry->emit)
 			continue;
+		/* partitions reported under one root make one record */
+		for (j = 0; j < nreported; j++)
+			if (reported[j] == entry->report_relid)
+				break;
+		if (j < nreported)
+			continue;
+		reported[nreported++] = entry->report_relid;
 		ensure_txn_started(ctx, txn);
 		record_begin(ctx, &w, true);
 		write_header(data, &w, txn, "T", true, 4);

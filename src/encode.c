@@ -9,6 +9,8 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "utils/datetime.h"
+#include "utils/json.h"
 #include "utils/lsyscache.h"
 
 #include "encode.h"
@@ -42,6 +44,12 @@ rtsub_value_kind(Oid typid)
 		case TEXTOID:
 		case VARCHAROID:
 			return RTSUB_V_TEXT;
+		case DATEOID:
+			return RTSUB_V_DATE;
+		case TIMESTAMPOID:
+			return RTSUB_V_TIMESTAMP;
+		case TIMESTAMPTZOID:
+			return RTSUB_V_TIMESTAMPTZ;
 		default:
 			return RTSUB_V_OTHER;
 	}
@@ -52,6 +60,20 @@ char *
 rtsub_output_text(const RtsubColumn *col, Datum d)
 {
 	return OutputFunctionCall((FmgrInfo *) &col->output, d);
+}
+
+/*
+ * format a date, timestamp or timestamptz as ISO 8601 (timestamptz in UTC)
+ * into buf (MAXDATELEN + 1 bytes), independent of DateStyle and TimeZone
+ */
+char *
+rtsub_iso_datetime(const RtsubColumn *col, Datum d, char *buf)
+{
+	static const int utc = 0;
+	Oid			typid = col->kind == RTSUB_V_DATE ? DATEOID :
+		col->kind == RTSUB_V_TIMESTAMP ? TIMESTAMPOID : TIMESTAMPTZOID;
+
+	return JsonEncodeDateTime(buf, d, typid, &utc);
 }
 
 /* set up a writer that appends records in the given format to out */

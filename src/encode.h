@@ -33,6 +33,9 @@ typedef enum RtsubValueKind
 	RTSUB_V_JSONB,
 	RTSUB_V_BYTEA,
 	RTSUB_V_TEXT,				/* text, varchar: the bytes are the text form */
+	RTSUB_V_DATE,				/* date, timestamp, timestamptz: ISO 8601, */
+	RTSUB_V_TIMESTAMP,			/* timestamptz in UTC, whatever DateStyle */
+	RTSUB_V_TIMESTAMPTZ,		/* and TimeZone say */
 	RTSUB_V_OTHER				/* anything else: the output function */
 } RtsubValueKind;
 
@@ -91,6 +94,7 @@ extern const RtsubEncoder rtsub_msgpack_encoder;
 extern void rtsub_writer_init(RtsubWriter *w, StringInfo out, RtsubFormat format);
 extern RtsubValueKind rtsub_value_kind(Oid typid);
 extern char *rtsub_output_text(const RtsubColumn *col, Datum d);
+extern char *rtsub_iso_datetime(const RtsubColumn *col, Datum d, char *buf);
 
 /* Convenience: key followed by a string value */
 static inline void

@@ -17,6 +17,7 @@
 
 #include "common/shortest_dec.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 
@@ -259,6 +260,16 @@ json_value(RtsubWriter *w, const RtsubColumn *col, Datum d)
 
 				json_value_sep(w);
 				escape_json(w->out, s);
+				break;
+			}
+		case RTSUB_V_DATE:
+		case RTSUB_V_TIMESTAMP:
+		case RTSUB_V_TIMESTAMPTZ:
+			{
+				char		buf[MAXDATELEN + 1];
+
+				json_value_sep(w);
+				escape_json(w->out, rtsub_iso_datetime(col, d, buf));
 				break;
 			}
 		case RTSUB_V_OTHER:

@@ -19,6 +19,7 @@
 #include <msgpack.h>
 
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
@@ -247,6 +248,16 @@ mp_value(RtsubWriter *w, const RtsubColumn *col, Datum d)
 
 				msgpack_pack_str_with_body(&pk, VARDATA_ANY(t),
 										   VARSIZE_ANY_EXHDR(t));
+				break;
+			}
+		case RTSUB_V_DATE:
+		case RTSUB_V_TIMESTAMP:
+		case RTSUB_V_TIMESTAMPTZ:
+			{
+				char		buf[MAXDATELEN + 1];
+				char	   *s = rtsub_iso_datetime(col, d, buf);
+
+				msgpack_pack_str_with_body(&pk, s, strlen(s));
 				break;
 			}
 		case RTSUB_V_OTHER:
