@@ -22,7 +22,7 @@ SHLIB_LINK  = $(shell pkg-config --libs $(DEPS_PC))
 PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
 # pg_regress suites: sql/<name>.sql against expected/<name>.out
-REGRESS      = catalog filter plugin_json plugin_types plugin_options plugin_partition
+REGRESS      = catalog filter plugin_json plugin_types plugin_partition
 REGRESS_OPTS = --temp-config=$(srcdir)/test/logical.conf
 
 EXTRA_CLEAN = results regression.diffs regression.out tmp_check tmp_install log

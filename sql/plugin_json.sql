@@ -88,7 +88,7 @@ SELECT data::json -> 'op' AS op, md5(data::json -> 'new' ->> 'doc') = md5(string
        md5(data::json -> 'old' ->> 'doc') = md5(string_agg(md5(i::text), '')) AS old_doc_complete,
        data::json -> 'unchanged' AS unchanged, data::json -> 'new' -> 'n' AS new_n, data::json -> 'old' -> 'n' AS old_n
   FROM pg_logical_slot_peek_changes('regression_slot', NULL, NULL), generate_series(1, 200) i
- GROUP BY data ORDER BY 1;
+ GROUP BY data ORDER BY data::json ->> 'op';
 
 -- old rows: auto (key or whole row), key, none
 SELECT data FROM pg_logical_slot_peek_changes('regression_slot', NULL, NULL,
