@@ -25,7 +25,7 @@ PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializer
 REGRESS      = catalog filter plugin_json plugin_types plugin_partition
 REGRESS_OPTS = --temp-config=$(srcdir)/test/logical.conf
 
-EXTRA_CLEAN = results regression.diffs regression.out tmp_check tmp_install log
+EXTRA_CLEAN = results regression.diffs regression.out tmp_check tmp_install log test/out
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)

@@ -617,19 +617,13 @@ build_columns(RelEntry *entry, Relation relation)
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 		RtsubColumn *col;
 		AttrNumber	leafatt = att->attnum;
-		Oid			outfunc;
-		bool		isvarlena;
 
 		if (att->attisdropped)
 			continue;
 
 		col = &entry->cols[entry->ncols];
 		col->attnum = att->attnum;
-		col->name = pstrdup(NameStr(att->attname));
-		col->namelen = strlen(col->name);
-		col->kind = rtsub_value_kind(att->atttypid);
-		getTypeOutputInfo(att->atttypid, &outfunc, &isvarlena);
-		fmgr_info_cxt(outfunc, &col->output, entry->cxt);
+		rtsub_column_init(col, NameStr(att->attname), att->atttypid, entry->cxt);
 
 		/* key columns are known by the changed relation's numbering */
 		if (entry->map != NULL)
@@ -811,7 +805,7 @@ write_row(RelEntry *entry, RtsubWriter *w, Datum *values, bool *nulls,
 
 		if ((keys_only && !entry->is_key[i]) || (skip && skip[i]))
 			continue;
-		e->key(w, col->name, col->namelen);
+		e->column_key(w, col);
 		if (nulls[att])
 			e->null(w);
 		else

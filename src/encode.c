@@ -55,6 +55,29 @@ rtsub_value_kind(Oid typid)
 	}
 }
 
+/* describe a column once: its name, JSON key, encoding and output function */
+void
+rtsub_column_init(RtsubColumn *col, const char *name, Oid typid,
+				  MemoryContext cxt)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+	StringInfoData key;
+	Oid			outfunc;
+	bool		isvarlena;
+
+	col->name = pstrdup(name);
+	col->namelen = strlen(name);
+	initStringInfo(&key);
+	escape_json(&key, name);
+	appendStringInfoChar(&key, ':');
+	col->json_key = key.data;
+	col->json_keylen = key.len;
+	col->kind = rtsub_value_kind(typid);
+	getTypeOutputInfo(typid, &outfunc, &isvarlena);
+	fmgr_info_cxt(outfunc, &col->output, cxt);
+	MemoryContextSwitchTo(oldcxt);
+}
+
 /* return a value's text form through its type's output function */
 char *
 rtsub_output_text(const RtsubColumn *col, Datum d)

@@ -45,6 +45,8 @@ typedef struct RtsubColumn
 	int			attnum;			/* 1-based attribute number */
 	const char *name;
 	int			namelen;
+	const char *json_key;		/* "name": escaped once, for JSON */
+	int			json_keylen;
 	RtsubValueKind kind;
 	FmgrInfo	output;			/* type output function (RTSUB_V_OTHER) */
 } RtsubColumn;
@@ -69,6 +71,7 @@ typedef struct RtsubEncoder
 	void		(*array_begin) (RtsubWriter *w, int n);
 	void		(*array_end) (RtsubWriter *w);
 	void		(*key) (RtsubWriter *w, const char *k, int len);
+	void		(*column_key) (RtsubWriter *w, const RtsubColumn *col);
 	void		(*str) (RtsubWriter *w, const char *s, int len);
 	void		(*int64) (RtsubWriter *w, int64 v);
 	void		(*boolean) (RtsubWriter *w, bool v);
@@ -93,6 +96,8 @@ extern const RtsubEncoder rtsub_msgpack_encoder;
 
 extern void rtsub_writer_init(RtsubWriter *w, StringInfo out, RtsubFormat format);
 extern RtsubValueKind rtsub_value_kind(Oid typid);
+extern void rtsub_column_init(RtsubColumn *col, const char *name, Oid typid,
+							  MemoryContext cxt);
 extern char *rtsub_output_text(const RtsubColumn *col, Datum d);
 extern char *rtsub_iso_datetime(const RtsubColumn *col, Datum d, char *buf);
 

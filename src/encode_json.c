@@ -92,6 +92,15 @@ json_key(RtsubWriter *w, const char *k, int len)
 	w->after_key = true;
 }
 
+/* write a separator and a column's key, escaped once in advance */
+static void
+json_column_key(RtsubWriter *w, const RtsubColumn *col)
+{
+	json_value_sep(w);
+	appendBinaryStringInfo(w->out, col->json_key, col->json_keylen);
+	w->after_key = true;
+}
+
 /* write an escaped string (terminated at len, see encode.h) */
 static void
 json_str(RtsubWriter *w, const char *s, int len)
@@ -289,6 +298,7 @@ const RtsubEncoder rtsub_json_encoder = {
 	.array_begin = json_array_begin,
 	.array_end = json_array_end,
 	.key = json_key,
+	.column_key = json_column_key,
 	.str = json_str,
 	.int64 = json_int64,
 	.boolean = json_boolean,

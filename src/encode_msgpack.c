@@ -14,10 +14,13 @@
 #include "postgres.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 
 #include <msgpack.h>
 
+#include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/jsonb.h"
@@ -25,11 +28,23 @@
 
 #include "encode.h"
 
-/* msgpack-c write callback: append to the writer's StringInfo */
+/*
+ * msgpack-c write callback: append to the writer's StringInfo.  The packer
+ * calls it for every header and body separately, so the common case of
+ * enough room is kept to a bounds check and a memcpy.
+ */
+static void mp_number_text(msgpack_packer *pk, const char *s);
+
 static int
 mp_write(void *data, const char *buf, size_t len)
 {
-	appendBinaryStringInfo((StringInfo) data, buf, (int) len);
+	StringInfo	out = (StringInfo) data;
+
+	if (unlikely((size_t) out->len + len >= (size_t) out->maxlen))
+		enlargeStringInfo(out, (int) len);
+	memcpy(out->data + out->len, buf, len);
+	out->len += (int) len;
+	out->data[out->len] = '\0';
 	return 0;
 }
 
@@ -68,6 +83,13 @@ mp_str(RtsubWriter *w, const char *s, int len)
 	msgpack_pack_str_with_body(&pk, s, (size_t) len);
 }
 
+/* write a column's name as a map key */
+static void
+mp_column_key(RtsubWriter *w, const RtsubColumn *col)
+{
+	mp_str(w, col->name, col->namelen);
+}
+
 /* write an integer in its smallest form */
 static void
 mp_int64(RtsubWriter *w, int64 v)
@@ -103,26 +125,11 @@ mp_bin(RtsubWriter *w, const char *data, int len)
 	msgpack_pack_bin_with_body(&pk, data, (size_t) len);
 }
 
-/* write a JSON number: int when integral and within 64 bits, else float 64 */
+/* write a jsonb number like a json one */
 static void
 mp_json_number(msgpack_packer *pk, Numeric n)
 {
-	char	   *s = numeric_normalize(n);
-	char	   *end;
-
-	if (strpbrk(s, ".eE") == NULL)
-	{
-		long long	v;
-
-		errno = 0;
-		v = strtoll(s, &end, 10);
-		if (errno == 0 && *end == '\0')
-		{
-			msgpack_pack_int64(pk, (int64_t) v);
-			return;
-		}
-	}
-	msgpack_pack_double(pk, strtod(s, NULL));
+	mp_number_text(pk, numeric_normalize(n));
 }
 
 /* write a jsonb scalar */
@@ -159,7 +166,6 @@ mp_jsonb(RtsubWriter *w, Jsonb *jb)
 	JsonbIterator *it = JsonbIteratorInit(&jb->root);
 	JsonbValue	v;
 	JsonbIteratorToken tok;
-	bool		raw_scalar = false;
 
 	MP_PACKER(w, pk);
 
@@ -168,9 +174,7 @@ mp_jsonb(RtsubWriter *w, Jsonb *jb)
 		switch (tok)
 		{
 			case WJB_BEGIN_ARRAY:
-				if (v.val.array.rawScalar)
-					raw_scalar = true;
-				else
+				if (!v.val.array.rawScalar)	/* a lone scalar is no array */
 					msgpack_pack_array(&pk, (size_t) v.val.array.nElems);
 				break;
 			case WJB_BEGIN_OBJECT:
@@ -188,7 +192,197 @@ mp_jsonb(RtsubWriter *w, Jsonb *jb)
 				elog(ERROR, "unexpected jsonb iterator token %d", (int) tok);
 		}
 	}
-	(void) raw_scalar;
+}
+
+/*
+ * json values are converted with PostgreSQL's JSON parser in two passes:
+ * the first counts the entries of every object and array (MessagePack
+ * writes sizes up front), the second writes them.  Unlike going through
+ * jsonb, this keeps key order and duplicate keys, as the JSON form does.
+ */
+typedef struct JsonMp
+{
+	msgpack_packer *pk;			/* NULL in the counting pass */
+	int		   *counts;			/* entries per container, in start order */
+	int			ncontainers;
+	int			maxcontainers;
+	int		   *stack;			/* open containers (indexes into counts) */
+	int			depth;
+	int			next;			/* writing pass: next container to open */
+} JsonMp;
+
+/* counting pass: a container starts */
+static void
+jm_count_start(void *state)
+{
+	JsonMp	   *jm = state;
+
+	if (jm->ncontainers == jm->maxcontainers)
+	{
+		jm->maxcontainers *= 2;
+		jm->counts = repalloc(jm->counts, sizeof(int) * jm->maxcontainers);
+		jm->stack = repalloc(jm->stack, sizeof(int) * jm->maxcontainers);
+	}
+	jm->counts[jm->ncontainers] = 0;
+	jm->stack[jm->depth++] = jm->ncontainers++;
+}
+
+/* counting pass: a container ends */
+static void
+jm_count_end(void *state)
+{
+	((JsonMp *) state)->depth--;
+}
+
+/* counting pass: an object field or array element */
+static void
+jm_count_entry(void *state)
+{
+	JsonMp	   *jm = state;
+
+	jm->counts[jm->stack[jm->depth - 1]]++;
+}
+
+/* counting pass: object field start */
+static void
+jm_count_field(void *state, char *fname, bool isnull)
+{
+	jm_count_entry(state);
+}
+
+/* counting pass: array element start */
+static void
+jm_count_elem(void *state, bool isnull)
+{
+	jm_count_entry(state);
+}
+
+/* writing pass: an object starts */
+static void
+jm_write_object(void *state)
+{
+	JsonMp	   *jm = state;
+
+	msgpack_pack_map(jm->pk, (size_t) jm->counts[jm->next++]);
+}
+
+/* writing pass: an array starts */
+static void
+jm_write_array(void *state)
+{
+	JsonMp	   *jm = state;
+
+	msgpack_pack_array(jm->pk, (size_t) jm->counts[jm->next++]);
+}
+
+/* writing pass: an object key */
+static void
+jm_write_field(void *state, char *fname, bool isnull)
+{
+	msgpack_pack_str_with_body(((JsonMp *) state)->pk, fname, strlen(fname));
+}
+
+/*
+ * a JSON number: an int when its value is integral and fits in 64 bits
+ * (within +-2^53 when written with a fraction or exponent, where a double
+ * is exact), else a float 64
+ */
+static void
+mp_number_text(msgpack_packer *pk, const char *s)
+{
+	char	   *end;
+	double		d;
+
+	if (strpbrk(s, ".eE") == NULL)
+	{
+		long long	v;
+
+		errno = 0;
+		v = strtoll(s, &end, 10);
+		if (errno == 0 && *end == '\0')
+		{
+			msgpack_pack_int64(pk, (int64_t) v);
+			return;
+		}
+	}
+	d = strtod(s, NULL);
+	if (isfinite(d) && d == floor(d) && fabs(d) <= 9007199254740992.0)
+		msgpack_pack_int64(pk, (int64_t) d);
+	else
+		msgpack_pack_double(pk, d);
+}
+
+/* writing pass: a scalar */
+static void
+jm_write_scalar(void *state, char *token, JsonTokenType type)
+{
+	msgpack_packer *pk = ((JsonMp *) state)->pk;
+
+	switch (type)
+	{
+		case JSON_TOKEN_STRING:
+			msgpack_pack_str_with_body(pk, token, strlen(token));
+			break;
+		case JSON_TOKEN_NUMBER:
+			mp_number_text(pk, token);
+			break;
+		case JSON_TOKEN_TRUE:
+			msgpack_pack_true(pk);
+			break;
+		case JSON_TOKEN_FALSE:
+			msgpack_pack_false(pk);
+			break;
+		default:
+			msgpack_pack_nil(pk);
+			break;
+	}
+}
+
+/*
+ * convert json text to native MessagePack; text the parser cannot
+ * de-escape (a \u0000 escape, which text cannot hold) is sent as a str
+ * holding the JSON text, never an error that would stop decoding
+ */
+static void
+mp_json(RtsubWriter *w, text *t)
+{
+	char	   *json = VARDATA_ANY(t);
+	int			len = VARSIZE_ANY_EXHDR(t);
+	JsonMp		jm;
+	JsonSemAction sem;
+	JsonLexContext *lex;
+	MP_PACKER(w, pk);
+
+	memset(&jm, 0, sizeof(jm));
+	jm.maxcontainers = 16;
+	jm.counts = palloc(sizeof(int) * jm.maxcontainers);
+	jm.stack = palloc(sizeof(int) * jm.maxcontainers);
+
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = &jm;
+	sem.object_start = jm_count_start;
+	sem.object_end = jm_count_end;
+	sem.array_start = jm_count_start;
+	sem.array_end = jm_count_end;
+	sem.object_field_start = jm_count_field;
+	sem.array_element_start = jm_count_elem;
+	lex = makeJsonLexContextCstringLen(json, len, GetDatabaseEncoding(), true);
+	if (pg_parse_json(lex, &sem) != JSON_SUCCESS)
+	{
+		msgpack_pack_str_with_body(&pk, json, (size_t) len);
+		return;
+	}
+
+	jm.pk = &pk;
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = &jm;
+	sem.object_start = jm_write_object;
+	sem.array_start = jm_write_array;
+	sem.object_field_start = jm_write_field;
+	sem.scalar = jm_write_scalar;
+	lex = makeJsonLexContextCstringLen(json, len, GetDatabaseEncoding(), true);
+	if (pg_parse_json(lex, &sem) != JSON_SUCCESS)
+		elog(ERROR, "json value changed between parses");
 }
 
 /* write one column value in its MessagePack form */
@@ -224,13 +418,8 @@ mp_value(RtsubWriter *w, const RtsubColumn *col, Datum d)
 				msgpack_pack_false(&pk);
 			break;
 		case RTSUB_V_JSON:
-			{
-				char	   *s = TextDatumGetCString(d);
-
-				mp_jsonb(w, DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-															   CStringGetDatum(s))));
-				break;
-			}
+			mp_json(w, DatumGetTextPP(d));
+			break;
 		case RTSUB_V_JSONB:
 			mp_jsonb(w, DatumGetJsonbP(d));
 			break;
@@ -276,6 +465,7 @@ const RtsubEncoder rtsub_msgpack_encoder = {
 	.array_begin = mp_array_begin,
 	.array_end = mp_end,
 	.key = mp_str,
+	.column_key = mp_column_key,
 	.str = mp_str,
 	.int64 = mp_int64,
 	.boolean = mp_boolean,
