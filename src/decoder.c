@@ -79,9 +79,11 @@ typedef struct RelEntry
 	bool		valid;
 	bool		emit;			/* its changes are emitted */
 	MemoryContext cxt;			/* owns everything below */
+	RtsubFormat format;			/* of the pre-encoded keys */
 	Oid			report_relid;	/* reported under this relation */
 	char	   *schema;
 	char	   *table;
+	StringInfoData names;		/* fragment: "schema" and "table" pairs */
 	TupleDesc	desc;			/* descriptor of the reported relation */
 	TupleConversionMap *map;	/* partition row -> root row, or NULL */
 	char		replident;		/* replica identity of relid */
@@ -113,9 +115,9 @@ typedef struct RtsubData
 	uint32		pos;
 	uint64		nchanges;
 	bool		txn_started;	/* B emitted / something emitted */
-	bool		txn_strings;	/* lsn and ts below are set */
-	char		lsn[32];
-	char		ts[MAXDATELEN + 1];
+	bool		txn_strings;	/* the fragments below are set */
+	StringInfoData lsn_frag;	/* fragment: the "lsn" pair */
+	StringInfoData txn_frag;	/* fragment: the "xid" and "ts" pairs */
 
 	StringInfoData scratch;
 } RtsubData;
@@ -417,6 +419,8 @@ rtsub_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt,
 											"rtsub relation cache",
 											ALLOCSET_SMALL_SIZES);
 	ctx->output_plugin_private = data;
+	initStringInfo(&data->lsn_frag);
+	initStringInfo(&data->txn_frag);
 
 	parse_options(data, ctx->output_plugin_options);
 
@@ -623,7 +627,8 @@ build_columns(RelEntry *entry, Relation relation)
 
 		col = &entry->cols[entry->ncols];
 		col->attnum = att->attnum;
-		rtsub_column_init(col, NameStr(att->attname), att->atttypid, entry->cxt);
+		rtsub_column_init(col, NameStr(att->attname), att->atttypid,
+						  entry->format, entry->cxt);
 
 		/* key columns are known by the changed relation's numbering */
 		if (entry->map != NULL)
@@ -675,6 +680,15 @@ get_rel_entry(RtsubData *data, Relation relation)
 
 		entry->schema = get_namespace_name(RelationGetNamespace(report_rel));
 		entry->table = pstrdup(RelationGetRelationName(report_rel));
+		entry->format = data->format;
+		{
+			RtsubWriter fw;
+
+			initStringInfo(&entry->names);
+			rtsub_fragment_begin(&fw, &entry->names, data->format);
+			rtsub_put_kv_str(&fw, "schema", entry->schema);
+			rtsub_put_kv_str(&fw, "table", entry->table);
+		}
 		entry->desc = CreateTupleDescCopy(RelationGetDescr(report_rel));
 		entry->replident = relation->rd_rel->relreplident;
 		entry->map = NULL;
@@ -697,25 +711,43 @@ get_rel_entry(RtsubData *data, Relation relation)
  * ----------------------------------------------------------------
  */
 
-/* format the transaction's commit LSN and time once */
+/* encode the transaction's lsn, xid and commit time pairs once */
 static void
 prepare_txn_strings(RtsubData *data, ReorderBufferTXN *txn)
 {
+	RtsubWriter fw;
 	struct pg_tm tm;
 	fsec_t		fsec;
+	char		buf[MAXDATELEN + 1];
 
 	if (data->txn_strings)
 		return;
-	snprintf(data->lsn, sizeof(data->lsn), "%X/%X",
-			 LSN_FORMAT_ARGS(txn->final_lsn));
-	/* ISO 8601 in UTC with a fixed six-digit fraction */
-	if (timestamp2tm(txn->xact_time.commit_time, NULL, &tm, &fsec, NULL, NULL) == 0)
-		snprintf(data->ts, sizeof(data->ts),
-				 "%04d-%02d-%02dT%02d:%02d:%02d.%06d+00:00",
-				 tm.tm_year, tm.tm_mon, tm.tm_mday,
-				 tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
-	else
-		strlcpy(data->ts, "infinity", sizeof(data->ts));
+
+	rtsub_fragment_begin(&fw, &data->lsn_frag, data->format);
+	if (data->include_lsn)
+	{
+		snprintf(buf, sizeof(buf), "%X/%X", LSN_FORMAT_ARGS(txn->final_lsn));
+		rtsub_put_kv_str(&fw, "lsn", buf);
+	}
+
+	rtsub_fragment_begin(&fw, &data->txn_frag, data->format);
+	if (data->include_xid)
+	{
+		fw.enc->key(&fw, "xid", 3);
+		fw.enc->int64(&fw, txn->xid);
+	}
+	if (data->include_timestamp)
+	{
+		/* ISO 8601 in UTC with a fixed six-digit fraction */
+		if (timestamp2tm(txn->xact_time.commit_time, NULL, &tm, &fsec, NULL, NULL) == 0)
+			snprintf(buf, sizeof(buf),
+					 "%04d-%02d-%02dT%02d:%02d:%02d.%06d+00:00",
+					 tm.tm_year, tm.tm_mon, tm.tm_mday,
+					 tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
+		else
+			strlcpy(buf, "infinity", sizeof(buf));
+		rtsub_put_kv_str(&fw, "ts", buf);
+	}
 	data->txn_strings = true;
 }
 
@@ -737,23 +769,15 @@ write_header(RtsubData *data, RtsubWriter *w, ReorderBufferTXN *txn,
 
 	prepare_txn_strings(data, txn);
 	e->map_begin(w, header_count(data, with_pos) + extra);
-	if (data->include_lsn)
+	e->fragment(w, data->lsn_frag.data, data->lsn_frag.len);
+	if (data->include_lsn && with_pos)
 	{
-		rtsub_put_kv_str(w, "lsn", data->lsn);
-		if (with_pos)
-		{
-			e->key(w, "pos", 3);
-			e->int64(w, data->pos);
-		}
+		e->key(w, "pos", 3);
+		e->int64(w, data->pos);
 	}
-	if (data->include_xid)
-	{
-		e->key(w, "xid", 3);
-		e->int64(w, txn->xid);
-	}
-	if (data->include_timestamp)
-		rtsub_put_kv_str(w, "ts", data->ts);
-	rtsub_put_kv_str(w, "op", op);
+	e->fragment(w, data->txn_frag.data, data->txn_frag.len);
+	e->key(w, "op", 2);
+	e->str(w, op, 1);
 }
 
 /* start an output message and a writer on ctx->out */
@@ -805,7 +829,7 @@ write_row(RelEntry *entry, RtsubWriter *w, Datum *values, bool *nulls,
 
 		if ((keys_only && !entry->is_key[i]) || (skip && skip[i]))
 			continue;
-		e->column_key(w, col);
+		rtsub_column_key(w, col);
 		if (nulls[att])
 			e->null(w);
 		else
@@ -880,8 +904,7 @@ write_change(RtsubData *data, RtsubWriter *w, ReorderBufferTXN *txn,
 		extra++;
 
 	write_header(data, w, txn, op, true, extra);
-	rtsub_put_kv_str(w, "schema", entry->schema);
-	rtsub_put_kv_str(w, "table", entry->table);
+	e->fragment(w, entry->names.data, entry->names.len);
 	if (newtup != NULL)
 	{
 		e->key(w, "new", 3);
@@ -1037,8 +1060,7 @@ rtsub_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		ensure_txn_started(ctx, txn);
 		record_begin(ctx, &w, true);
 		write_header(data, &w, txn, "T", true, 4);
-		rtsub_put_kv_str(&w, "schema", entry->schema);
-		rtsub_put_kv_str(&w, "table", entry->table);
+		w.enc->fragment(&w, entry->names.data, entry->names.len);
 		w.enc->key(&w, "cascade", 7);
 		w.enc->boolean(&w, change->data.truncate.cascade);
 		w.enc->key(&w, "restart_identity", 16);

@@ -55,27 +55,38 @@ rtsub_value_kind(Oid typid)
 	}
 }
 
-/* describe a column once: its name, JSON key, encoding and output function */
+/* describe a column once: its name, encoded key, encoding and output function */
 void
 rtsub_column_init(RtsubColumn *col, const char *name, Oid typid,
-				  MemoryContext cxt)
+				  RtsubFormat format, MemoryContext cxt)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
 	StringInfoData key;
+	RtsubWriter w;
 	Oid			outfunc;
 	bool		isvarlena;
 
 	col->name = pstrdup(name);
 	col->namelen = strlen(name);
 	initStringInfo(&key);
-	escape_json(&key, name);
-	appendStringInfoChar(&key, ':');
-	col->json_key = key.data;
-	col->json_keylen = key.len;
+	rtsub_fragment_begin(&w, &key, format);
+	w.enc->key(&w, col->name, col->namelen);
+	col->key = key.data;
+	col->keylen = key.len;
 	col->kind = rtsub_value_kind(typid);
 	getTypeOutputInfo(typid, &outfunc, &isvarlena);
 	fmgr_info_cxt(outfunc, &col->output, cxt);
 	MemoryContextSwitchTo(oldcxt);
+}
+
+/* start writing map pairs into buf, to be appended later as a fragment */
+void
+rtsub_fragment_begin(RtsubWriter *w, StringInfo buf, RtsubFormat format)
+{
+	resetStringInfo(buf);
+	rtsub_writer_init(w, buf, format);
+	w->depth = 1;				/* as if inside a map, as its first pair */
+	w->first[1] = true;
 }
 
 /* return a value's text form through its type's output function */

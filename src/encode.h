@@ -45,8 +45,8 @@ typedef struct RtsubColumn
 	int			attnum;			/* 1-based attribute number */
 	const char *name;
 	int			namelen;
-	const char *json_key;		/* "name": escaped once, for JSON */
-	int			json_keylen;
+	const char *key;			/* the name as a map key, encoded once in */
+	int			keylen;			/* the writer's format (JSON: "name":) */
 	RtsubValueKind kind;
 	FmgrInfo	output;			/* type output function (RTSUB_V_OTHER) */
 } RtsubColumn;
@@ -71,7 +71,7 @@ typedef struct RtsubEncoder
 	void		(*array_begin) (RtsubWriter *w, int n);
 	void		(*array_end) (RtsubWriter *w);
 	void		(*key) (RtsubWriter *w, const char *k, int len);
-	void		(*column_key) (RtsubWriter *w, const RtsubColumn *col);
+	void		(*fragment) (RtsubWriter *w, const char *bytes, int len);
 	void		(*str) (RtsubWriter *w, const char *s, int len);
 	void		(*int64) (RtsubWriter *w, int64 v);
 	void		(*boolean) (RtsubWriter *w, bool v);
@@ -97,9 +97,25 @@ extern const RtsubEncoder rtsub_msgpack_encoder;
 extern void rtsub_writer_init(RtsubWriter *w, StringInfo out, RtsubFormat format);
 extern RtsubValueKind rtsub_value_kind(Oid typid);
 extern void rtsub_column_init(RtsubColumn *col, const char *name, Oid typid,
-							  MemoryContext cxt);
+							  RtsubFormat format, MemoryContext cxt);
+extern void rtsub_fragment_begin(RtsubWriter *w, StringInfo buf, RtsubFormat format);
 extern char *rtsub_output_text(const RtsubColumn *col, Datum d);
 extern char *rtsub_iso_datetime(const RtsubColumn *col, Datum d, char *buf);
+
+/*
+ * Fragments: key/value pairs of a map encoded once and appended many times
+ * (a transaction's lsn and time, a table's name, a column's key).  Build one
+ * with rtsub_fragment_begin() and the usual key/value calls; append it inside
+ * a map with fragment(), counting its pairs in the map's size.
+ */
+
+/* append a pre-encoded column key; its value follows */
+static inline void
+rtsub_column_key(RtsubWriter *w, const RtsubColumn *col)
+{
+	w->enc->fragment(w, col->key, col->keylen);
+	w->after_key = true;
+}
 
 /* Convenience: key followed by a string value */
 static inline void

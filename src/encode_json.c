@@ -92,13 +92,17 @@ json_key(RtsubWriter *w, const char *k, int len)
 	w->after_key = true;
 }
 
-/* write a separator and a column's key, escaped once in advance */
+/*
+ * append a fragment of pairs ("k":v,"k2":v2) inside a map; the separator
+ * rule is that of the pair it starts with
+ */
 static void
-json_column_key(RtsubWriter *w, const RtsubColumn *col)
+json_fragment(RtsubWriter *w, const char *bytes, int len)
 {
+	if (len == 0)
+		return;
 	json_value_sep(w);
-	appendBinaryStringInfo(w->out, col->json_key, col->json_keylen);
-	w->after_key = true;
+	appendBinaryStringInfo(w->out, bytes, len);
 }
 
 /* write an escaped string (terminated at len, see encode.h) */
@@ -298,7 +302,7 @@ const RtsubEncoder rtsub_json_encoder = {
 	.array_begin = json_array_begin,
 	.array_end = json_array_end,
 	.key = json_key,
-	.column_key = json_column_key,
+	.fragment = json_fragment,
 	.str = json_str,
 	.int64 = json_int64,
 	.boolean = json_boolean,

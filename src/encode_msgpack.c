@@ -83,11 +83,11 @@ mp_str(RtsubWriter *w, const char *s, int len)
 	msgpack_pack_str_with_body(&pk, s, (size_t) len);
 }
 
-/* write a column's name as a map key */
+/* append pre-encoded pairs */
 static void
-mp_column_key(RtsubWriter *w, const RtsubColumn *col)
+mp_fragment(RtsubWriter *w, const char *bytes, int len)
 {
-	mp_str(w, col->name, col->namelen);
+	mp_write(w->out, bytes, (size_t) len);
 }
 
 /* write an integer in its smallest form */
@@ -465,7 +465,7 @@ const RtsubEncoder rtsub_msgpack_encoder = {
 	.array_begin = mp_array_begin,
 	.array_end = mp_end,
 	.key = mp_str,
-	.column_key = mp_column_key,
+	.fragment = mp_fragment,
 	.str = mp_str,
 	.int64 = mp_int64,
 	.boolean = mp_boolean,
