@@ -716,9 +716,7 @@ static void
 prepare_txn_strings(RtsubData *data, ReorderBufferTXN *txn)
 {
 	RtsubWriter fw;
-	struct pg_tm tm;
-	fsec_t		fsec;
-	char		buf[MAXDATELEN + 1];
+	char		buf[32];
 
 	if (data->txn_strings)
 		return;
@@ -738,15 +736,8 @@ prepare_txn_strings(RtsubData *data, ReorderBufferTXN *txn)
 	}
 	if (data->include_timestamp)
 	{
-		/* ISO 8601 in UTC with a fixed six-digit fraction */
-		if (timestamp2tm(txn->xact_time.commit_time, NULL, &tm, &fsec, NULL, NULL) == 0)
-			snprintf(buf, sizeof(buf),
-					 "%04d-%02d-%02dT%02d:%02d:%02d.%06d+00:00",
-					 tm.tm_year, tm.tm_mon, tm.tm_mday,
-					 tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
-		else
-			strlcpy(buf, "infinity", sizeof(buf));
-		rtsub_put_kv_str(&fw, "ts", buf);
+		fw.enc->key(&fw, "ts", 2);
+		fw.enc->instant(&fw, txn->xact_time.commit_time);
 	}
 	data->txn_strings = true;
 }

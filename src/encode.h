@@ -17,6 +17,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "datatype/timestamp.h"
 #include "lib/stringinfo.h"
 
 /* How a column's values are encoded, decided once per column */
@@ -76,6 +77,7 @@ typedef struct RtsubEncoder
 	void		(*int64) (RtsubWriter *w, int64 v);
 	void		(*boolean) (RtsubWriter *w, bool v);
 	void		(*null) (RtsubWriter *w);
+	void		(*instant) (RtsubWriter *w, TimestampTz t);
 	void		(*bin) (RtsubWriter *w, const char *data, int len);
 	void		(*value) (RtsubWriter *w, const RtsubColumn *col, Datum d);
 } RtsubEncoder;

@@ -18,6 +18,7 @@
 #include "common/shortest_dec.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/timestamp.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 
@@ -142,6 +143,31 @@ json_null(RtsubWriter *w)
 {
 	json_value_sep(w);
 	appendBinaryStringInfo(w->out, "null", 4);
+}
+
+/*
+ * write an instant (a record's commit time) as ISO 8601 in UTC with a fixed
+ * six-digit fraction
+ */
+static void
+json_instant(RtsubWriter *w, TimestampTz t)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	char		buf[MAXDATELEN + 1];
+
+	json_value_sep(w);
+	if (TIMESTAMP_NOT_FINITE(t) ||
+		timestamp2tm(t, NULL, &tm, &fsec, NULL, NULL) != 0)
+	{
+		appendStringInfoString(w->out, TIMESTAMP_IS_NOBEGIN(t) ?
+							   "\"-infinity\"" : "\"infinity\"");
+		return;
+	}
+	snprintf(buf, sizeof(buf), "\"%04d-%02d-%02dT%02d:%02d:%02d.%06d+00:00\"",
+			 tm.tm_year, tm.tm_mon, tm.tm_mday,
+			 tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
+	appendStringInfoString(w->out, buf);
 }
 
 /* write binary data as a hex string with a \x prefix, like bytea's text form */
@@ -307,6 +333,7 @@ const RtsubEncoder rtsub_json_encoder = {
 	.int64 = json_int64,
 	.boolean = json_boolean,
 	.null = json_null,
+	.instant = json_instant,
 	.bin = json_bin,
 	.value = json_value,
 };

@@ -117,6 +117,34 @@ mp_null(RtsubWriter *w)
 	msgpack_pack_nil(&pk);
 }
 
+/*
+ * write an instant as the MessagePack timestamp extension (type -1), which
+ * decoders turn into their native time type; infinities, which it cannot
+ * hold, as the strings of the JSON form
+ */
+static void
+mp_instant(RtsubWriter *w, TimestampTz t)
+{
+	msgpack_timestamp mt;
+	int64		unix_us;
+
+	MP_PACKER(w, pk);
+
+	if (TIMESTAMP_NOT_FINITE(t))
+	{
+		const char *s = TIMESTAMP_IS_NOBEGIN(t) ? "-infinity" : "infinity";
+
+		msgpack_pack_str_with_body(&pk, s, strlen(s));
+		return;
+	}
+	unix_us = t + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY;
+	mt.tv_sec = unix_us / USECS_PER_SEC;
+	if (unix_us % USECS_PER_SEC < 0)
+		mt.tv_sec--;
+	mt.tv_nsec = (uint32_t) ((unix_us - mt.tv_sec * USECS_PER_SEC) * 1000);
+	msgpack_pack_timestamp(&pk, &mt);
+}
+
 /* write bin */
 static void
 mp_bin(RtsubWriter *w, const char *data, int len)
@@ -470,6 +498,7 @@ const RtsubEncoder rtsub_msgpack_encoder = {
 	.int64 = mp_int64,
 	.boolean = mp_boolean,
 	.null = mp_null,
+	.instant = mp_instant,
 	.bin = mp_bin,
 	.value = mp_value,
 };

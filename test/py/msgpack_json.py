@@ -28,6 +28,7 @@ import tempfile
 import traceback
 from decimal import Decimal
 
+import datetime
 import json
 import msgpack
 
@@ -303,6 +304,15 @@ def cmp_record(jrec, mrec, tables, d):
         elif jk == 'content':
             if not isinstance(mv, str) or jv != mv:
                 d.add('content', 'text content must be the same str', jv, mv)
+        elif jk == 'ts':
+            # docs/output-plugin.md: ISO 8601 UTC string in JSON, timestamp extension in msgpack
+            if not isinstance(mv, msgpack.Timestamp):
+                d.add('ts', 'msgpack ts must be a timestamp extension', jv, mv)
+            else:
+                want = datetime.datetime.strptime(jv, '%Y-%m-%dT%H:%M:%S.%f+00:00').replace(
+                    tzinfo=datetime.timezone.utc)
+                if mv.to_datetime() != want or mv.nanoseconds % 1000 != 0:
+                    d.add('ts', 'instants differ', jv, mv)
         else:
             cmp_plain(jv, mv, jk, d)
 
