@@ -10,6 +10,7 @@ OBJS = \
 	src/encode.o \
 	src/catalog.o \
 	src/decoder.o \
+	src/stream.o \
 	src/encode_json.o \
 	src/encode_msgpack.o
 

@@ -77,6 +77,7 @@ typedef struct RelEntry
 {
 	Oid			relid;			/* hash key: the relation that changed */
 	bool		valid;
+	uint64		version;		/* changes whenever the entry is rebuilt */
 	bool		emit;			/* its changes are emitted */
 	MemoryContext cxt;			/* owns everything below */
 	RtsubFormat format;			/* of the pre-encoded keys */
@@ -109,6 +110,8 @@ typedef struct RtsubData
 	bool		partition_root;
 	OldRowMode	old_row;
 	bool		use_publication;	/* no tables option: published tables */
+	RtsubSinkFunc sink;			/* in-process consumer, or NULL: encode */
+	void	   *sink_arg;
 	List	   *patterns;		/* tables option */
 
 	/* current transaction */
@@ -122,7 +125,11 @@ typedef struct RtsubData
 	StringInfoData scratch;
 } RtsubData;
 
+RtsubSinkFunc rtsub_sink = NULL;
+void	   *rtsub_sink_arg = NULL;
+
 static HTAB *RelCache = NULL;
+static uint64 relcache_version = 0;
 static bool relcache_callback_registered = false;
 
 static void rtsub_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt,
@@ -423,6 +430,8 @@ rtsub_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt,
 	initStringInfo(&data->txn_frag);
 
 	parse_options(data, ctx->output_plugin_options);
+	data->sink = rtsub_sink;
+	data->sink_arg = rtsub_sink_arg;
 
 	opt->output_type = (data->format == RTSUB_FORMAT_MSGPACK) ?
 		OUTPUT_PLUGIN_BINARY_OUTPUT : OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
@@ -668,6 +677,7 @@ get_rel_entry(RtsubData *data, Relation relation)
 
 	entry->cxt = AllocSetContextCreate(data->cache_cxt, "rtsub relation",
 									   ALLOCSET_SMALL_SIZES);
+	entry->version = ++relcache_version;
 	if (entry->emit)
 	{
 		oldcxt = MemoryContextSwitchTo(entry->cxt);
@@ -918,6 +928,30 @@ write_change(RtsubData *data, RtsubWriter *w, ReorderBufferTXN *txn,
 	e->map_end(w);
 }
 
+/* hand a change to the in-process sink */
+static void
+sink_change(RtsubData *data, ReorderBufferTXN *txn, RelEntry *entry,
+			char op, HeapTuple newtup, HeapTuple oldtup, RtsubSinkChange *c)
+{
+	c->commit_lsn = txn->final_lsn;
+	c->pos = data->pos;
+	c->xid = txn->xid;
+	c->commit_time = txn->xact_time.commit_time;
+	c->op = op;
+	if (entry != NULL)
+	{
+		c->relid = entry->report_relid;
+		c->schema = entry->schema;
+		c->table = entry->table;
+		c->desc = entry->desc;
+		c->desc_version = entry->version;
+		c->old_is_full = (entry->replident == REPLICA_IDENTITY_FULL);
+	}
+	c->newtup = newtup;
+	c->oldtup = oldtup;
+	data->sink(data->sink_arg, c);
+}
+
 /* ----------------------------------------------------------------
  * Callbacks
  * ----------------------------------------------------------------
@@ -1006,10 +1040,19 @@ rtsub_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			oldtup = execute_attr_map_tuple(oldtup, entry->map);
 	}
 
-	ensure_txn_started(ctx, txn);
-	record_begin(ctx, &w, true);
-	write_change(data, &w, txn, entry, op, newtup, oldtup);
-	OutputPluginWrite(ctx, true);
+	if (data->sink)
+	{
+		RtsubSinkChange c = {0};
+
+		sink_change(data, txn, entry, op[0], newtup, oldtup, &c);
+	}
+	else
+	{
+		ensure_txn_started(ctx, txn);
+		record_begin(ctx, &w, true);
+		write_change(data, &w, txn, entry, op, newtup, oldtup);
+		OutputPluginWrite(ctx, true);
+	}
 	data->pos++;
 	data->nchanges++;
 
@@ -1048,6 +1091,17 @@ rtsub_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		if (j < nreported)
 			continue;
 		reported[nreported++] = entry->report_relid;
+		if (data->sink)
+		{
+			RtsubSinkChange c = {0};
+
+			c.truncate_cascade = change->data.truncate.cascade;
+			c.truncate_restart = change->data.truncate.restart_seqs;
+			sink_change(data, txn, entry, 'T', NULL, NULL, &c);
+			data->pos++;
+			data->nchanges++;
+			continue;
+		}
 		ensure_txn_started(ctx, txn);
 		record_begin(ctx, &w, true);
 		write_header(data, &w, txn, "T", true, 4);
@@ -1094,6 +1148,20 @@ rtsub_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	is_text = pg_verifymbstr(message, (int) message_size, true) &&
 		memchr(message, '\0', message_size) == NULL;
 
+	if (data->sink)
+	{
+		RtsubSinkChange c = {0};
+
+		c.prefix = prefix;
+		c.content = message;
+		c.content_size = message_size;
+		sink_change(data, txn, NULL, 'M', NULL, NULL, &c);
+		data->pos++;
+		data->nchanges++;
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextReset(data->change_cxt);
+		return;
+	}
 	ensure_txn_started(ctx, txn);
 	record_begin(ctx, &w, true);
 	write_header(data, &w, txn, "M", true, 2);

@@ -14,6 +14,10 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "nodes/primnodes.h"
+#include "access/htup.h"
+#include "access/tupdesc.h"
+#include "access/xlogdefs.h"
+#include "datatype/timestamp.h"
 #include "utils/relcache.h"
 
 #define RTSUB_SCHEMA			"rtsub"
@@ -40,5 +44,39 @@ typedef struct RtsubPublicationInfo
 
 extern bool rtsub_catalog_available(void);
 extern bool rtsub_lookup_publication(Oid relid, RtsubPublicationInfo *info);
+
+/*
+ * src/decoder.c: the in-process sink.  Inside the rtsub server the output
+ * plugin hands every change to a sink instead of encoding it; the sink
+ * copies what it needs (the tuples are freed after the callback) and the
+ * server evaluates the changes after decoding, outside the callbacks.
+ */
+typedef struct RtsubSinkChange
+{
+	XLogRecPtr	commit_lsn;
+	uint32		pos;			/* position in the transaction */
+	TransactionId xid;
+	TimestampTz commit_time;
+	char		op;				/* 'I', 'U', 'D', 'T' or 'M' */
+	Oid			relid;			/* reported relation (root for partitions) */
+	const char *schema;
+	const char *table;
+	TupleDesc	desc;			/* descriptor of the reported relation */
+	uint64		desc_version;	/* changes when desc may have changed */
+	HeapTuple	newtup;			/* I, U: in desc's layout */
+	HeapTuple	oldtup;			/* U, D: key columns or the whole row */
+	bool		old_is_full;	/* oldtup is the whole row (REPLICA IDENTITY FULL) */
+	bool		truncate_cascade;
+	bool		truncate_restart;
+	const char *prefix;			/* M */
+	const char *content;		/* M */
+	Size		content_size;	/* M */
+} RtsubSinkChange;
+
+typedef void (*RtsubSinkFunc) (void *arg, const RtsubSinkChange *change);
+
+/* set by the server while it decodes; NULL elsewhere */
+extern PGDLLIMPORT RtsubSinkFunc rtsub_sink;
+extern PGDLLIMPORT void *rtsub_sink_arg;
 
 #endif							/* RTSUB_H */
