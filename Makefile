@@ -12,7 +12,13 @@ OBJS = \
 	src/decoder.o \
 	src/stream.o \
 	src/encode_json.o \
-	src/encode_msgpack.o
+	src/encode_msgpack.o \
+	src/protocol.o \
+	src/config.o \
+	src/auth_jwt.o \
+	src/shmem.o \
+	src/ws_server.o \
+	src/worker.o
 
 DATA = $(wildcard sql/rtsub--*.sql)
 

@@ -836,6 +836,54 @@ CREATE EVENT TRIGGER rtsub_sql_drop ON sql_drop
 	EXECUTE FUNCTION rtsub._on_sql_drop();
 
 -------------------------------------------------------------------------------
+-- Server diagnostics
+-------------------------------------------------------------------------------
+
+CREATE FUNCTION rtsub.verify_token(token pg_catalog.text)
+RETURNS pg_catalog.jsonb
+AS 'MODULE_PATHNAME', 'rtsub_verify_token'
+LANGUAGE C STRICT VOLATILE;
+
+COMMENT ON FUNCTION rtsub.verify_token(pg_catalog.text) IS
+	'verify a JWT as the rtsub server does, with this session''s rtsub.jwt_* settings; returns its claims or raises SQLSTATE 28000 with the error code in the detail';
+
+CREATE FUNCTION rtsub.server_status(
+	OUT pid pg_catalog.int4, OUT state pg_catalog.text, OUT port pg_catalog.int4,
+	OUT started_at pg_catalog.timestamptz, OUT http_requests pg_catalog.int8,
+	OUT connections_accepted pg_catalog.int8, OUT connections_rejected pg_catalog.int8,
+	OUT bytes_sent pg_catalog.int8)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'rtsub_server_status'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+
+COMMENT ON FUNCTION rtsub.server_status() IS
+	'state and counters of the rtsub server worker (one row); state is stopped, starting, running, stopping or disabled';
+
+CREATE FUNCTION rtsub.wait_until_running(timeout_ms pg_catalog.int4 DEFAULT 10000)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'rtsub_wait_until_running'
+LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION rtsub.wait_until_running(pg_catalog.int4) IS
+	'wait until the rtsub server listens; false after timeout_ms, or at once when the server is disabled';
+
+CREATE FUNCTION rtsub.parse_client_message(message pg_catalog.bytea, format pg_catalog.text DEFAULT 'json')
+RETURNS pg_catalog.jsonb
+AS 'MODULE_PATHNAME', 'rtsub_parse_client_message_sql'
+LANGUAGE C STRICT;
+
+COMMENT ON FUNCTION rtsub.parse_client_message(pg_catalog.bytea, pg_catalog.text) IS
+	'diagnostics: parse a client protocol message (json or msgpack) as the server would; returns its fields, or {"error", "detail"[, "id"]}';
+
+CREATE FUNCTION rtsub._test_server_messages(format pg_catalog.text)
+RETURNS SETOF pg_catalog.bytea
+AS 'MODULE_PATHNAME', 'rtsub_test_server_messages'
+LANGUAGE C STRICT;
+
+COMMENT ON FUNCTION rtsub._test_server_messages(pg_catalog.text) IS
+	'internal: one of each server protocol message built with fixed arguments, for tests';
+
+-------------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC but reading one's own claims
 -------------------------------------------------------------------------------
 
@@ -857,5 +905,9 @@ GRANT EXECUTE ON FUNCTION
 	rtsub.create_policy(pg_catalog.regclass, pg_catalog.text, pg_catalog.text, pg_catalog.name[], pg_catalog.bool),
 	rtsub.drop_policy(pg_catalog.regclass, pg_catalog.text, pg_catalog.bool),
 	rtsub.check_expression(pg_catalog.regclass, pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.regtype[]),
-	rtsub.validate()
+	rtsub.validate(),
+	rtsub.verify_token(pg_catalog.text),
+	rtsub.server_status(),
+	rtsub.wait_until_running(pg_catalog.int4),
+	rtsub.parse_client_message(pg_catalog.bytea, pg_catalog.text)
 TO rtsub_admin;

@@ -12,7 +12,9 @@
 #include "fmgr.h"
 #include "utils/guc.h"
 
+#include "config.h"
 #include "rtsub.h"
+#include "worker.h"
 
 PG_MODULE_MAGIC;
 
@@ -22,5 +24,7 @@ void		_PG_init(void);
 void
 _PG_init(void)
 {
+	rtsub_define_settings();
+	rtsub_worker_init();
 	MarkGUCPrefixReserved("rtsub");
 }

@@ -1,0 +1,50 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.h
+ *	  The rtsub server's shared state: what the worker publishes about
+ *	  itself (pid, state, bound port, counters) for SQL sessions to read.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef RTSUB_SHMEM_H
+#define RTSUB_SHMEM_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "port/atomics.h"
+#include "storage/spin.h"
+
+typedef enum RtsubServerState
+{
+	RTSUB_SERVER_STOPPED = 0,	/* no worker running */
+	RTSUB_SERVER_STARTING,		/* worker started, not serving yet */
+	RTSUB_SERVER_RUNNING,		/* listening on port */
+	RTSUB_SERVER_STOPPING,		/* worker is exiting */
+	RTSUB_SERVER_DISABLED		/* rtsub.port = 0: no worker */
+} RtsubServerState;
+
+typedef struct RtsubShared
+{
+	slock_t		mutex;			/* protects the fields up to the counters */
+	pid_t		pid;			/* worker's pid, 0 when none */
+	RtsubServerState state;
+	int			port;			/* TCP port bound, 0 when not listening */
+	TimestampTz started_at;		/* when the worker started serving */
+	int			bind_failures;	/* consecutive failed starts (log throttle) */
+
+	/* counters since the postmaster started (survive worker restarts) */
+	pg_atomic_uint64 http_requests;
+	pg_atomic_uint64 connections_accepted;
+	pg_atomic_uint64 connections_rejected;
+	pg_atomic_uint64 bytes_sent;
+} RtsubShared;
+
+/* NULL unless rtsub is in shared_preload_libraries */
+extern RtsubShared *rtsub_shared;
+
+extern void rtsub_shmem_install_hooks(bool disabled);
+extern const char *rtsub_server_state_name(RtsubServerState state);
+extern void rtsub_shared_set_state(RtsubServerState state, int port);
+
+#endif							/* RTSUB_SHMEM_H */

@@ -1,0 +1,178 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  Owns the rtsub server's background worker: its registration (and the
+ *	  shared state's hooks) from _PG_init, its start, its wait loop and its
+ *	  exit.  The network side is ws_server.c, the shared state shmem.c.
+ *
+ *	  Design of the wait loop.  The worker has exactly one wait point, a
+ *	  WaitEventSet holding
+ *	    - its latch (signals: SIGTERM via die(), SIGHUP reload),
+ *	    - postmaster death (WL_EXIT_ON_PM_DEATH), and
+ *	    - one epoll fd that holds every libwebsockets fd (the listen socket,
+ *	      client connections, lws's internal pipe); see ws_server.c for why
+ *	      that epoll fd is libuv's.
+ *	  The timeout is lws's next timer (at most MAX_WAIT_MS).  Each iteration
+ *	  resets a per-iteration memory context, handles interrupts (exits on
+ *	  SIGTERM) and configuration reloads, then services lws without blocking.
+ *	  Nothing else ever blocks, so an idle server sleeps in WaitEventSetWait
+ *	  and SIGTERM is acted on at once.
+ *
+ *	  When the port cannot be bound (another server holds it) the worker
+ *	  logs a WARNING and exits with status 1; the postmaster starts it again
+ *	  after bgw_restart_time (RESTART_SECONDS), so it retries without a fast
+ *	  crash loop.  Repeated failures are logged at most once a minute.
+ *	  rtsub.port = 0 disables the server: no worker is registered.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/wait_event.h"
+
+#include "config.h"
+#include "shmem.h"
+#include "worker.h"
+#include "ws_server.h"
+
+#define RESTART_SECONDS	5
+#define MAX_WAIT_MS		1000L
+#define LOG_EVERY_NTH_FAILURE	(60 / RESTART_SECONDS)
+
+/* register the server worker; only while preloading (shared_preload_libraries) */
+void
+rtsub_worker_init(void)
+{
+	BackgroundWorker worker;
+	bool		disabled = (rtsub_port == 0);
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	rtsub_shmem_install_hooks(disabled);
+	if (disabled)
+		return;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = RESTART_SECONDS;
+	strlcpy(worker.bgw_library_name, "rtsub", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "rtsub_worker_main", BGW_MAXLEN);
+	strlcpy(worker.bgw_name, "rtsub server", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "rtsub server", BGW_MAXLEN);
+	worker.bgw_main_arg = (Datum) 0;
+	worker.bgw_notify_pid = 0;
+	RegisterBackgroundWorker(&worker);
+}
+
+/* before_shmem_exit callback: stop serving and publish that */
+static void
+worker_exit(int code, Datum arg)
+{
+	rtsub_shared_set_state(RTSUB_SERVER_STOPPING, 0);
+	rtsub_ws_stop();
+	rtsub_shared_set_state(RTSUB_SERVER_STOPPED, 0);
+}
+
+/* start listening; on failure log (throttled) and exit to be restarted */
+static void
+start_serving(void)
+{
+	char	   *error = NULL;
+	int			failures;
+	bool		quiet;
+
+	SpinLockAcquire(&rtsub_shared->mutex);
+	failures = rtsub_shared->bind_failures;
+	SpinLockRelease(&rtsub_shared->mutex);
+	quiet = failures > 0 && (failures + 1) % LOG_EVERY_NTH_FAILURE != 0;
+
+	if (rtsub_ws_start(rtsub_listen_address, rtsub_port, &error))
+		return;
+
+	SpinLockAcquire(&rtsub_shared->mutex);
+	failures = ++rtsub_shared->bind_failures;
+	SpinLockRelease(&rtsub_shared->mutex);
+
+	ereport(quiet ? DEBUG1 : WARNING,
+			(errcode(ERRCODE_CONFIG_FILE_ERROR),
+			 errmsg("rtsub server could not start: %s", error),
+			 errdetail("Attempt %d; the server retries every %d seconds.",
+					   failures, RESTART_SECONDS),
+			 errhint("Free the port, or choose another one with rtsub.port (0 disables the server).")));
+	proc_exit(1);
+}
+
+/* the server worker: connect, listen, then serve until SIGTERM */
+void
+rtsub_worker_main(Datum main_arg)
+{
+	WaitEventSet *set;
+	MemoryContext iteration_cxt;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	if (rtsub_shared == NULL)
+		ereport(FATAL,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("rtsub server is not loaded"),
+				 errhint("Add rtsub to shared_preload_libraries and restart.")));
+
+	rtsub_shared_set_state(RTSUB_SERVER_STARTING, 0);
+	before_shmem_exit(worker_exit, (Datum) 0);
+
+	BackgroundWorkerInitializeConnection(rtsub_database, NULL, 0);
+
+	start_serving();
+	rtsub_shared_set_state(RTSUB_SERVER_RUNNING, rtsub_ws_port());
+	ereport(DEBUG1,
+			(errmsg_internal("rtsub server listening on port %d", rtsub_ws_port())));
+
+	iteration_cxt = AllocSetContextCreate(TopMemoryContext,
+										  "rtsub server iteration",
+										  ALLOCSET_DEFAULT_SIZES);
+	set = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(set, WL_SOCKET_READABLE, rtsub_ws_wait_fd(), NULL, NULL);
+
+	for (;;)
+	{
+		WaitEvent	events[3];
+		int			nevents;
+		int			i;
+
+		MemoryContextReset(iteration_cxt);
+		MemoryContextSwitchTo(iteration_cxt);
+
+		nevents = WaitEventSetWait(set, rtsub_ws_timeout(MAX_WAIT_MS),
+								   events, lengthof(events), PG_WAIT_EXTENSION);
+		for (i = 0; i < nevents; i++)
+		{
+			if (events[i].events & WL_LATCH_SET)
+				ResetLatch(MyLatch);
+		}
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		/* sockets that are ready and timers that are due, without blocking */
+		rtsub_ws_service();
+	}
+}
