@@ -256,6 +256,21 @@ parse_table_patterns(DefElem *elem)
 	return result;
 }
 
+/* The boolean options, each with a given flag in parse_options */
+static const struct
+{
+	const char *name;
+	size_t		offset;			/* of the bool in RtsubData */
+}			bool_options[] =
+{
+	{"include_lsn", offsetof(RtsubData, include_lsn)},
+	{"include_xid", offsetof(RtsubData, include_xid)},
+	{"include_timestamp", offsetof(RtsubData, include_timestamp)},
+	{"include_transaction", offsetof(RtsubData, include_transaction)},
+	{"include_messages", offsetof(RtsubData, include_messages)},
+	{"partition_root", offsetof(RtsubData, partition_root)},
+};
+
 /* parse all options; unknown or repeated ones are errors */
 static void
 parse_options(RtsubData *data, List *options)
@@ -263,13 +278,8 @@ parse_options(RtsubData *data, List *options)
 	ListCell   *lc;
 	bool		format_given = false;
 	bool		tables_given = false;
-	bool		include_lsn_given = false;
-	bool		include_xid_given = false;
-	bool		include_timestamp_given = false;
-	bool		include_transaction_given = false;
-	bool		include_messages_given = false;
 	bool		old_row_given = false;
-	bool		partition_root_given = false;
+	bool		bool_given[lengthof(bool_options)] = {0};
 
 	data->format = RTSUB_FORMAT_JSON;
 	data->include_lsn = true;
@@ -312,41 +322,6 @@ parse_options(RtsubData *data, List *options)
 			data->use_publication = false;
 			data->patterns = parse_table_patterns(elem);
 		}
-		else if (strcmp(elem->defname, "include_lsn") == 0)
-		{
-			if (include_lsn_given)
-				option_repeated(elem);
-			include_lsn_given = true;
-			data->include_lsn = option_bool(elem);
-		}
-		else if (strcmp(elem->defname, "include_xid") == 0)
-		{
-			if (include_xid_given)
-				option_repeated(elem);
-			include_xid_given = true;
-			data->include_xid = option_bool(elem);
-		}
-		else if (strcmp(elem->defname, "include_timestamp") == 0)
-		{
-			if (include_timestamp_given)
-				option_repeated(elem);
-			include_timestamp_given = true;
-			data->include_timestamp = option_bool(elem);
-		}
-		else if (strcmp(elem->defname, "include_transaction") == 0)
-		{
-			if (include_transaction_given)
-				option_repeated(elem);
-			include_transaction_given = true;
-			data->include_transaction = option_bool(elem);
-		}
-		else if (strcmp(elem->defname, "include_messages") == 0)
-		{
-			if (include_messages_given)
-				option_repeated(elem);
-			include_messages_given = true;
-			data->include_messages = option_bool(elem);
-		}
 		else if (strcmp(elem->defname, "old_row") == 0)
 		{
 			const char *valid = "auto, key, none";
@@ -365,18 +340,27 @@ parse_options(RtsubData *data, List *options)
 			else
 				option_invalid(elem, valid);
 		}
-		else if (strcmp(elem->defname, "partition_root") == 0)
-		{
-			if (partition_root_given)
-				option_repeated(elem);
-			partition_root_given = true;
-			data->partition_root = option_bool(elem);
-		}
 		else
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("unrecognized rtsub option \"%s\"", elem->defname),
-					 errhint("Valid options: format, tables, include_lsn, include_xid, include_timestamp, include_transaction, include_messages, old_row, partition_root.")));
+		{
+			int			i;
+
+			for (i = 0; i < lengthof(bool_options); i++)
+			{
+				if (strcmp(elem->defname, bool_options[i].name) == 0)
+				{
+					if (bool_given[i])
+						option_repeated(elem);
+					bool_given[i] = true;
+					*(bool *) ((char *) data + bool_options[i].offset) = option_bool(elem);
+					break;
+				}
+			}
+			if (i == lengthof(bool_options))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("unrecognized rtsub option \"%s\"", elem->defname),
+						 errhint("Valid options: format, tables, include_lsn, include_xid, include_timestamp, include_transaction, include_messages, old_row, partition_root.")));
+		}
 	}
 }
 
