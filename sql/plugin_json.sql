@@ -18,6 +18,7 @@ SELECT 'init' FROM pg_create_logical_replication_slot('regression_slot', 'rtsub'
 -- option errors
 SELECT data FROM pg_logical_slot_peek_changes('regression_slot', NULL, NULL, 'nope', '1');
 SELECT data FROM pg_logical_slot_peek_changes('regression_slot', NULL, NULL, 'format', 'json', 'format', 'json');
+SELECT data FROM pg_logical_slot_peek_changes('regression_slot', NULL, NULL, 'include_xid', 'on', 'include_xid', 'off');
 SELECT data FROM pg_logical_slot_peek_changes('regression_slot', NULL, NULL, 'format', 'xml');
 SELECT data FROM pg_logical_slot_peek_changes('regression_slot', NULL, NULL, 'include_xid', 'maybe');
 SELECT data FROM pg_logical_slot_peek_changes('regression_slot', NULL, NULL, 'old_row', 'all');
