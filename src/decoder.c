@@ -533,6 +533,8 @@ decide_emission(RtsubData *data, Relation relation, bool *emit, Oid *report)
 
 		if (!rtsub_lookup_publication(relid, &info))
 		{
+			if (data->sink)
+				return;			/* the server reports this itself */
 			ereport(WARNING,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("rtsub extension is not installed in database \"%s\"",

@@ -13,6 +13,8 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+
 #include "access/htup_details.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -66,6 +68,9 @@ rtsub_shmem_startup(void)
 		pg_atomic_init_u64(&rtsub_shared->connections_accepted, 0);
 		pg_atomic_init_u64(&rtsub_shared->connections_rejected, 0);
 		pg_atomic_init_u64(&rtsub_shared->bytes_sent, 0);
+		pg_atomic_init_u64(&rtsub_shared->changes_decoded, 0);
+		pg_atomic_init_u64(&rtsub_shared->stream_errors, 0);
+		pg_atomic_init_u64(&rtsub_shared->stream_read_upto, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -115,6 +120,7 @@ rtsub_shared_set_state(RtsubServerState state, int port)
 	rtsub_shared->state = state;
 	rtsub_shared->port = port;
 	rtsub_shared->pid = (state == RTSUB_SERVER_STOPPED) ? 0 : MyProcPid;
+	rtsub_shared->worker_latch = (state == RTSUB_SERVER_RUNNING) ? MyLatch : NULL;
 	if (state == RTSUB_SERVER_RUNNING)
 	{
 		rtsub_shared->started_at = GetCurrentTimestamp();
@@ -123,6 +129,31 @@ rtsub_shared_set_state(RtsubServerState state, int port)
 	else if (state != RTSUB_SERVER_STOPPING)
 		rtsub_shared->started_at = 0;
 	SpinLockRelease(&rtsub_shared->mutex);
+}
+
+/*
+ * Commit wake-up: a transaction that wrote WAL sets the server's latch once
+ * its commit record is flushed (XACT_EVENT_COMMIT comes after that), so the
+ * server decodes at once instead of polling.
+ */
+static void
+commit_wakeup(XactEvent event, void *arg)
+{
+	Latch	   *latch;
+
+	if (event != XACT_EVENT_COMMIT || rtsub_shared == NULL ||
+		!TransactionIdIsValid(GetTopTransactionIdIfAny()))
+		return;
+	latch = rtsub_shared->worker_latch;	/* a pointer read is atomic */
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/* install the commit wake-up in every backend (called from _PG_init) */
+void
+rtsub_shmem_install_commit_wakeup(void)
+{
+	RegisterXactCallback(commit_wakeup, NULL);
 }
 
 /* error out unless the shared state exists (rtsub preloaded) */

@@ -13,6 +13,7 @@
 
 #include "datatype/timestamp.h"
 #include "port/atomics.h"
+#include "storage/latch.h"
 #include "storage/spin.h"
 
 typedef enum RtsubServerState
@@ -32,12 +33,16 @@ typedef struct RtsubShared
 	int			port;			/* TCP port bound, 0 when not listening */
 	TimestampTz started_at;		/* when the worker started serving */
 	int			bind_failures;	/* consecutive failed starts (log throttle) */
+	Latch	   *worker_latch;	/* set by committing backends; NULL: none */
 
 	/* counters since the postmaster started (survive worker restarts) */
 	pg_atomic_uint64 http_requests;
 	pg_atomic_uint64 connections_accepted;
 	pg_atomic_uint64 connections_rejected;
 	pg_atomic_uint64 bytes_sent;
+	pg_atomic_uint64 changes_decoded;
+	pg_atomic_uint64 stream_errors;
+	pg_atomic_uint64 stream_read_upto;	/* WAL position decoded up to */
 } RtsubShared;
 
 /* NULL unless rtsub is in shared_preload_libraries */
@@ -46,5 +51,6 @@ extern RtsubShared *rtsub_shared;
 extern void rtsub_shmem_install_hooks(bool disabled);
 extern const char *rtsub_server_state_name(RtsubServerState state);
 extern void rtsub_shared_set_state(RtsubServerState state, int port);
+extern void rtsub_shmem_install_commit_wakeup(void);
 
 #endif							/* RTSUB_SHMEM_H */

@@ -39,12 +39,20 @@
 #include "utils/memutils.h"
 #include "utils/wait_event.h"
 
+#include "access/xact.h"
+#include "utils/timestamp.h"
+
 #include "config.h"
+#include "stream.h"
 #include "shmem.h"
 #include "worker.h"
 #include "ws_server.h"
 
 #define RESTART_SECONDS	5
+#define STREAM_RETRY_MS	1000
+#define STREAM_BATCH	10000
+
+static bool stream_opened = false;
 #define MAX_WAIT_MS		1000L
 #define LOG_EVERY_NTH_FAILURE	(60 / RESTART_SECONDS)
 
@@ -59,6 +67,8 @@ rtsub_worker_init(void)
 		return;
 
 	rtsub_shmem_install_hooks(disabled);
+	if (!disabled)
+		rtsub_shmem_install_commit_wakeup();
 	if (disabled)
 		return;
 
@@ -80,6 +90,8 @@ static void
 worker_exit(int code, Datum arg)
 {
 	rtsub_shared_set_state(RTSUB_SERVER_STOPPING, 0);
+	if (stream_opened)
+		rtsub_stream_close();
 	rtsub_ws_stop();
 	rtsub_shared_set_state(RTSUB_SERVER_STOPPED, 0);
 }
@@ -111,6 +123,64 @@ start_serving(void)
 					   failures, RESTART_SECONDS),
 			 errhint("Free the port, or choose another one with rtsub.port (0 disables the server).")));
 	proc_exit(1);
+}
+
+/*
+ * Decode what has been committed since the last poll.  Changes are handed
+ * on (evaluation and delivery come here), then confirmed.  An ERROR closes
+ * the stream, which is opened again after STREAM_RETRY_MS, from the slot's
+ * confirmed position: nothing handled is lost, nothing is skipped.
+ */
+static void
+poll_stream(MemoryContext cxt)
+{
+	static TimestampTz failed_at = 0;
+	MemoryContext oldcxt = CurrentMemoryContext;
+
+	if (failed_at != 0 &&
+		!TimestampDifferenceExceeds(failed_at, GetCurrentTimestamp(), STREAM_RETRY_MS))
+		return;
+
+	PG_TRY();
+	{
+		List	   *changes = NIL;
+		XLogRecPtr	upto;
+
+		if (failed_at != 0 || !stream_opened)
+		{
+			rtsub_stream_ensure_slot(rtsub_slot_name);
+			rtsub_stream_open(rtsub_slot_name);
+			stream_opened = true;
+			failed_at = 0;
+		}
+		do
+		{
+			changes = NIL;
+			upto = rtsub_stream_poll(STREAM_BATCH, cxt, &changes);
+			pg_atomic_fetch_add_u64(&rtsub_shared->changes_decoded,
+									list_length(changes));
+			rtsub_stream_confirm(upto);
+			pg_atomic_write_u64(&rtsub_shared->stream_read_upto, upto);
+			MemoryContextReset(cxt);
+			CHECK_FOR_INTERRUPTS();
+		} while (list_length(changes) >= STREAM_BATCH);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		if (geterrcode() == ERRCODE_ADMIN_SHUTDOWN ||
+			geterrcode() == ERRCODE_QUERY_CANCELED)
+			PG_RE_THROW();
+		EmitErrorReport();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		rtsub_stream_close();
+		stream_opened = false;
+		failed_at = GetCurrentTimestamp();
+		pg_atomic_fetch_add_u64(&rtsub_shared->stream_errors, 1);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
 }
 
 /* the server worker: connect, listen, then serve until SIGTERM */
@@ -172,7 +242,8 @@ rtsub_worker_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		/* sockets that are ready and timers that are due, without blocking */
+		/* committed changes, then sockets and timers, without blocking */
+		poll_stream(iteration_cxt);
 		rtsub_ws_service();
 	}
 }

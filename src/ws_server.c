@@ -31,6 +31,8 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
+
 #include <dlfcn.h>
 #include <netdb.h>
 #include <arpa/inet.h>
@@ -542,6 +544,20 @@ metrics_body(StringInfo buf)
 	metric(buf, "rtsub_bytes_sent_total", "counter",
 		   "Bytes sent to clients (HTTP headers and bodies).",
 		   pg_atomic_read_u64(&rtsub_shared->bytes_sent));
+	metric(buf, "rtsub_changes_decoded_total", "counter",
+		   "Changes of published tables decoded from the server's slot.",
+		   pg_atomic_read_u64(&rtsub_shared->changes_decoded));
+	metric(buf, "rtsub_stream_errors_total", "counter",
+		   "Errors that restarted the decoding of the server's slot.",
+		   pg_atomic_read_u64(&rtsub_shared->stream_errors));
+	{
+		XLogRecPtr	upto = pg_atomic_read_u64(&rtsub_shared->stream_read_upto);
+		XLogRecPtr	flush = GetFlushRecPtr(NULL);
+
+		metric(buf, "rtsub_stream_lag_bytes", "gauge",
+			   "WAL flushed but not yet decoded by the server.",
+			   (upto != InvalidXLogRecPtr && flush > upto) ? flush - upto : 0);
+	}
 }
 
 /* answer one HTTP request; errors become a 500 response */
