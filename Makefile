@@ -11,6 +11,7 @@ OBJS = \
 	src/catalog.o \
 	src/decoder.o \
 	src/stream.o \
+	src/evaluate.o \
 	src/encode_json.o \
 	src/encode_msgpack.o \
 	src/protocol.o \

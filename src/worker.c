@@ -43,6 +43,7 @@
 #include "utils/timestamp.h"
 
 #include "config.h"
+#include "evaluate.h"
 #include "stream.h"
 #include "shmem.h"
 #include "worker.h"
@@ -159,6 +160,7 @@ poll_stream(MemoryContext cxt)
 			upto = rtsub_stream_poll(STREAM_BATCH, cxt, &changes);
 			pg_atomic_fetch_add_u64(&rtsub_shared->changes_decoded,
 									list_length(changes));
+			rtsub_evaluate_batch(changes);
 			rtsub_stream_confirm(upto);
 			pg_atomic_write_u64(&rtsub_shared->stream_read_upto, upto);
 			MemoryContextReset(cxt);
