@@ -45,7 +45,7 @@ before(async () => {
 
 after(async () => {
   await db.query('DROP TABLE IF EXISTS stream_items, stream_other');
-  await db.query('DROP EXTENSION IF EXISTS rtsub');
+
   await db.end();
 });
 
