@@ -18,6 +18,7 @@ OBJS = \
 	src/config.o \
 	src/auth_jwt.o \
 	src/shmem.o \
+	src/session.o \
 	src/ws_server.o \
 	src/worker.o
 

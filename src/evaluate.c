@@ -374,6 +374,8 @@ open_in_transaction(RtsubSession *session, const RtsubClientIdentity *who,
 							  "FROM rtsub.subscription WHERE name = $1",
 							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read rtsub.subscription");
+	/* SPI leaves its own (short-lived) context current: compile into ours */
+	MemoryContextSwitchTo(sub->cxt);
 	if (SPI_processed == 0)
 		OPEN_FAIL("unknown_subscription", "No subscription is named \"%s\".",
 				  msg->subscription);
@@ -414,14 +416,21 @@ open_in_transaction(RtsubSession *session, const RtsubClientIdentity *who,
 
 	/* privileges: at least the key, and what is sent */
 	rel = table_open(sub->relid, AccessShareLock);
-	for (i = 0; i < RelationGetDescr(rel)->natts; i++)
 	{
-		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), i);
+		/* SELECT on the table covers every column; else column grants */
+		bool		table_ok = pg_class_aclcheck(sub->relid, sub->roleid,
+												 ACL_SELECT) == ACLCHECK_OK;
 
-		if (!att->attisdropped &&
-			pg_attribute_aclcheck(sub->relid, att->attnum, sub->roleid,
-								  ACL_SELECT) == ACLCHECK_OK)
-			permitted = bms_add_member(permitted, att->attnum);
+		for (i = 0; i < RelationGetDescr(rel)->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), i);
+
+			if (!att->attisdropped &&
+				(table_ok ||
+				 pg_attribute_aclcheck(sub->relid, att->attnum, sub->roleid,
+									   ACL_SELECT) == ACLCHECK_OK))
+				permitted = bms_add_member(permitted, att->attnum);
+		}
 	}
 	if (permitted == NULL)
 		OPEN_FAIL("forbidden", "Role \"%s\" may not read table %s.", who->role,
@@ -486,6 +495,7 @@ open_in_transaction(RtsubSession *session, const RtsubClientIdentity *who,
 							  "WHERE relid = $1 ORDER BY name",
 							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read rtsub.policy");
+	MemoryContextSwitchTo(sub->cxt);
 	for (i = 0; i < (int) SPI_processed; i++)
 	{
 		HeapTuple	ptup = SPI_tuptable->vals[i];
@@ -891,21 +901,4 @@ int
 rtsub_subscription_count(void)
 {
 	return nsubs;
-}
-
-/*
- * Until ws_server.c provides sessions, these weak definitions let the
- * module link; the strong ones in ws_server.c replace them.
- */
-__attribute__((weak)) bool
-rtsub_session_send(RtsubSession *session, const char *data, size_t len)
-{
-	return false;
-}
-
-/* see rtsub_session_send */
-__attribute__((weak)) RtsubFormat
-rtsub_session_format(RtsubSession *session)
-{
-	return RTSUB_FORMAT_JSON;
 }

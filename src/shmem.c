@@ -48,6 +48,32 @@ rtsub_shmem_request(void)
 	RequestAddinShmemSpace(MAXALIGN(sizeof(RtsubShared)));
 }
 
+/*
+ * a fresh epoch: RTSUB_EPOCH_LEN random hex digits (the time and pid when
+ * no strong random source is available)
+ */
+static void
+init_epoch(char *epoch)
+{
+	static const char hex[] = "0123456789abcdef";
+	uint8		bytes[RTSUB_EPOCH_LEN / 2];
+	int			i;
+
+	if (!pg_strong_random(bytes, sizeof(bytes)))
+	{
+		uint64		t = (uint64) GetCurrentTimestamp() ^ ((uint64) MyProcPid << 40);
+
+		for (i = 0; i < (int) sizeof(bytes); i++)
+			bytes[i] = (uint8) (t >> (8 * (i % 8)));
+	}
+	for (i = 0; i < (int) sizeof(bytes); i++)
+	{
+		epoch[2 * i] = hex[bytes[i] >> 4];
+		epoch[2 * i + 1] = hex[bytes[i] & 0xf];
+	}
+	epoch[RTSUB_EPOCH_LEN] = '\0';
+}
+
 /* shmem_startup_hook: create (or attach to) RtsubShared */
 static void
 rtsub_shmem_startup(void)
@@ -71,6 +97,14 @@ rtsub_shmem_startup(void)
 		pg_atomic_init_u64(&rtsub_shared->changes_decoded, 0);
 		pg_atomic_init_u64(&rtsub_shared->stream_errors, 0);
 		pg_atomic_init_u64(&rtsub_shared->stream_read_upto, 0);
+		pg_atomic_init_u64(&rtsub_shared->ws_sessions_accepted, 0);
+		pg_atomic_init_u64(&rtsub_shared->ws_sessions_refused, 0);
+		pg_atomic_init_u64(&rtsub_shared->ws_sessions_open, 0);
+		pg_atomic_init_u64(&rtsub_shared->ws_auth_failures, 0);
+		pg_atomic_init_u64(&rtsub_shared->messages_received, 0);
+		pg_atomic_init_u64(&rtsub_shared->messages_sent, 0);
+		pg_atomic_init_u64(&rtsub_shared->ws_slow_consumers, 0);
+		init_epoch(rtsub_shared->epoch);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

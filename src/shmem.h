@@ -16,6 +16,9 @@
 #include "storage/latch.h"
 #include "storage/spin.h"
 
+/* hex digits of RtsubShared.epoch */
+#define RTSUB_EPOCH_LEN		16
+
 typedef enum RtsubServerState
 {
 	RTSUB_SERVER_STOPPED = 0,	/* no worker running */
@@ -43,6 +46,22 @@ typedef struct RtsubShared
 	pg_atomic_uint64 changes_decoded;
 	pg_atomic_uint64 stream_errors;
 	pg_atomic_uint64 stream_read_upto;	/* WAL position decoded up to */
+
+	/* WebSocket sessions (ws_server.c) */
+	pg_atomic_uint64 ws_sessions_accepted;	/* upgrades accepted */
+	pg_atomic_uint64 ws_sessions_refused;	/* upgrades refused (origin,
+											 * token, path, subprotocol) */
+	pg_atomic_uint64 ws_sessions_open;	/* gauge: open sessions */
+	pg_atomic_uint64 ws_auth_failures;	/* token or role rejected */
+	pg_atomic_uint64 messages_received; /* complete client messages */
+	pg_atomic_uint64 messages_sent; /* messages handed to clients */
+	pg_atomic_uint64 ws_slow_consumers; /* sessions closed with 4009 */
+
+	/*
+	 * random hex chosen when the postmaster starts: the welcome's "epoch",
+	 * stable across restarts of the worker, new after a server restart
+	 */
+	char		epoch[RTSUB_EPOCH_LEN + 1];
 } RtsubShared;
 
 /* NULL unless rtsub is in shared_preload_libraries */

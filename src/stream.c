@@ -163,6 +163,8 @@ rtsub_stream_ensure_slot(const char *slot_name)
 void
 rtsub_stream_open(const char *slot_name)
 {
+	MemoryContext oldcxt;
+
 	if (stream_ctx != NULL)
 		return;
 	ReplicationSlotAcquire(slot_name, true);
@@ -175,11 +177,14 @@ rtsub_stream_open(const char *slot_name)
 
 	rtsub_sink = stream_sink;
 	rtsub_sink_arg = NULL;
+	/* the decoding context outlives the caller's (per-iteration) context */
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 	stream_ctx = CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
 									   XL_ROUTINE(.page_read = read_local_xlog_page,
 												  .segment_open = wal_segment_open,
 												  .segment_close = wal_segment_close),
 									   stream_prepare_write, stream_write, NULL);
+	MemoryContextSwitchTo(oldcxt);
 	XLogBeginRead(stream_ctx->reader, MyReplicationSlot->data.restart_lsn);
 }
 
@@ -192,12 +197,19 @@ XLogRecPtr
 rtsub_stream_poll(int max_changes, MemoryContext cxt, List **changes)
 {
 	XLogRecPtr	end_of_wal = GetFlushRecPtr(NULL);
+	MemoryContext oldcxt;
 
 	Assert(stream_ctx != NULL);
 	batch_cxt = cxt;
 	batch_changes = *changes;
 	batch_descs = NIL;
 
+	/*
+	 * The WAL reader and decoding allocate some long-lived things (the record
+	 * buffer for records that span pages, oversized decoded records) in
+	 * CurrentMemoryContext: decode in the decoding context's own.
+	 */
+	oldcxt = MemoryContextSwitchTo(stream_ctx->context);
 	while (stream_ctx->reader->EndRecPtr < end_of_wal &&
 		   list_length(batch_changes) < max_changes)
 	{
@@ -212,6 +224,7 @@ rtsub_stream_poll(int max_changes, MemoryContext cxt, List **changes)
 		CHECK_FOR_INTERRUPTS();
 	}
 
+	MemoryContextSwitchTo(oldcxt);
 	*changes = batch_changes;
 	batch_changes = NIL;
 	batch_descs = NIL;

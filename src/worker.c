@@ -43,6 +43,7 @@
 #include "utils/timestamp.h"
 
 #include "config.h"
+#include "auth_jwt.h"
 #include "evaluate.h"
 #include "stream.h"
 #include "shmem.h"
@@ -242,6 +243,7 @@ rtsub_worker_main(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			rtsub_auth_reload();	/* a key file may change behind its path */
 		}
 
 		/* committed changes, then sockets and timers, without blocking */

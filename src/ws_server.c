@@ -2,9 +2,11 @@
  *
  * ws_server.c
  *	  Owns the rtsub server's network side: the libwebsockets context and
- *	  its event loop, the HTTP routes (/healthz, /metrics) and, later, the
- *	  WebSocket and Server-Sent-Events protocol.  Runs only in the rtsub
- *	  server worker (worker.c), which drives it from its single wait point.
+ *	  its event loop, the HTTP routes (/healthz, /metrics) and the protocol
+ *	  list: HTTP plus the WebSocket subprotocols rtsub.v1.json and
+ *	  rtsub.v1.msgpack, whose sessions are session.c's, with
+ *	  permessage-deflate.  Runs only in the rtsub server worker (worker.c),
+ *	  which drives it from its single wait point.
  *
  *	  Event loop: Debian's libwebsockets 4.1.6 is built without
  *	  LWS_WITH_EXTERNAL_POLL, so lws never reports its fds through the
@@ -48,6 +50,7 @@
 #include "utils/timestamp.h"
 
 #include "config.h"
+#include "encode.h"
 #include "shmem.h"
 #include "ws_server.h"
 
@@ -84,10 +87,33 @@ static char client_connection_marker;
 static int	http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 						  void *user, void *in, size_t len);
 
+/*
+ * Protocol 0 is HTTP (and gets lws's connection lifecycle callbacks); one
+ * protocol per WebSocket subprotocol, its id the wire format.  lws binds
+ * an upgrade to the first subprotocol the client offers that is listed
+ * here; without any it binds protocol 0, which refuses (session.c).
+ */
 static const struct lws_protocols protocols[] = {
 	{"http", http_callback, sizeof(HttpSession), 0, 0, NULL, 0},
+	{"rtsub.v1.json", rtsub_session_callback, sizeof(void *), 0,
+	RTSUB_FORMAT_JSON, NULL, 0},
+	{"rtsub.v1.msgpack", rtsub_session_callback, sizeof(void *), 0,
+	RTSUB_FORMAT_MSGPACK, NULL, 0},
 	{NULL, NULL, 0, 0, 0, NULL, 0}
 };
+
+/* RFC 7692 compression, negotiated when the client offers it */
+static const struct lws_extension extensions[] = {
+	{"permessage-deflate", lws_extension_callback_pm_deflate,
+	"permessage-deflate; client_max_window_bits"},
+	{NULL, NULL, NULL}
+};
+
+/* passes of forced service per rtsub_ws_service() (see there) */
+#define MAX_FORCED_SERVICE_PASSES	64
+
+/* how long a stopping server waits for its close frames to go out */
+#define SHUTDOWN_CLOSE_WAIT_MS	250
 
 /* load libuv and resolve the few functions used; false with *error set */
 static bool
@@ -324,6 +350,7 @@ rtsub_ws_start(const char *listen_address, int port, char **error)
 	info.port = port;
 	info.iface = iface;
 	info.protocols = protocols;
+	info.extensions = extensions;
 	info.vhost_name = "rtsub";
 	info.server_string = "rtsub";
 	info.options = LWS_SERVER_OPTION_LIBUV;
@@ -337,6 +364,9 @@ rtsub_ws_start(const char *listen_address, int port, char **error)
 	info.max_http_header_pool = 64;
 	info.keepalive_timeout = 5;
 	info.timeout_secs = 10;
+
+	if (rtsub_shared)
+		pg_atomic_write_u64(&rtsub_shared->ws_sessions_open, 0);
 
 	callback_depth++;
 	context = lws_create_context(&info);
@@ -406,6 +436,19 @@ rtsub_ws_service(void)
 		return;
 	callback_depth++;
 	uv.run(loop, UV_RUN_NOWAIT);
+
+	/*
+	 * lws leaves buffered input (permessage-deflate output not yet handed
+	 * over) to a libuv idle handle that stops itself after one pass and is
+	 * restarted only by socket activity: while lws says such forced service
+	 * is pending, wake it through its event pipe and run the loop again.
+	 */
+	for (int i = 0; i < MAX_FORCED_SERVICE_PASSES &&
+		 lws_service_adjust_timeout(context, 1, 0) == 0; i++)
+	{
+		lws_cancel_service(context);
+		uv.run(loop, UV_RUN_NOWAIT);
+	}
 	callback_depth--;
 }
 
@@ -420,6 +463,21 @@ rtsub_ws_stop(void)
 	if (context != NULL)
 	{
 		callback_depth++;
+
+		/* WebSocket clients get 1001 (going away), briefly waited for */
+		if (rtsub_sessions_close_all() > 0)
+		{
+			TimestampTz start = GetCurrentTimestamp();
+
+			while (rtsub_sessions_count() > 0 &&
+				   !TimestampDifferenceExceeds(start, GetCurrentTimestamp(),
+											   SHUTDOWN_CLOSE_WAIT_MS))
+			{
+				uv.run(loop, UV_RUN_NOWAIT);
+				if (rtsub_sessions_count() > 0)
+					pg_usleep(1000L);
+			}
+		}
 		lws_context_destroy(context);
 		context = NULL;
 		/* let the loop run the close callbacks of lws's handles */
@@ -542,8 +600,29 @@ metrics_body(StringInfo buf)
 	metric(buf, "rtsub_connections_open", "gauge",
 		   "Client connections currently open.", (uint64) open_connections);
 	metric(buf, "rtsub_bytes_sent_total", "counter",
-		   "Bytes sent to clients (HTTP headers and bodies).",
+		   "Bytes sent to clients (HTTP headers and bodies, WebSocket message payloads).",
 		   pg_atomic_read_u64(&rtsub_shared->bytes_sent));
+	metric(buf, "rtsub_ws_sessions_accepted_total", "counter",
+		   "WebSocket sessions accepted (upgrades completed).",
+		   pg_atomic_read_u64(&rtsub_shared->ws_sessions_accepted));
+	metric(buf, "rtsub_ws_sessions_refused_total", "counter",
+		   "WebSocket upgrades refused (path, subprotocol, origin or token).",
+		   pg_atomic_read_u64(&rtsub_shared->ws_sessions_refused));
+	metric(buf, "rtsub_ws_sessions_open", "gauge",
+		   "WebSocket sessions currently open.",
+		   pg_atomic_read_u64(&rtsub_shared->ws_sessions_open));
+	metric(buf, "rtsub_ws_auth_failures_total", "counter",
+		   "Tokens or roles rejected, at the handshake, in auth or refresh messages, or by the auth timeout.",
+		   pg_atomic_read_u64(&rtsub_shared->ws_auth_failures));
+	metric(buf, "rtsub_ws_slow_consumers_total", "counter",
+		   "WebSocket sessions closed because their send queue passed rtsub.max_send_buffer.",
+		   pg_atomic_read_u64(&rtsub_shared->ws_slow_consumers));
+	metric(buf, "rtsub_messages_received_total", "counter",
+		   "Complete messages received from WebSocket clients.",
+		   pg_atomic_read_u64(&rtsub_shared->messages_received));
+	metric(buf, "rtsub_messages_sent_total", "counter",
+		   "Messages sent to WebSocket clients.",
+		   pg_atomic_read_u64(&rtsub_shared->messages_sent));
 	metric(buf, "rtsub_changes_decoded_total", "counter",
 		   "Changes of published tables decoded from the server's slot.",
 		   pg_atomic_read_u64(&rtsub_shared->changes_decoded));
@@ -606,6 +685,12 @@ handle_http_request(struct lws *wsi, HttpSession *session, const char *uri)
 			content_type = "text/plain; version=0.0.4";
 			metrics_body(buf);
 		}
+		else if (strcmp(uri, "/v1/ws") == 0)
+		{
+			status = 426;		/* Upgrade Required */
+			error_body(buf, "upgrade_required",
+					   "this is a WebSocket endpoint: upgrade with subprotocol rtsub.v1.json or rtsub.v1.msgpack");
+		}
 		else
 		{
 			status = HTTP_STATUS_NOT_FOUND;
@@ -657,12 +742,23 @@ http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 			return 0;
 
 		case LWS_CALLBACK_WSI_DESTROY:
+			{
+				/* always delivered here, with the bound protocol's user data */
+				const struct lws_protocols *p = lws_get_protocol(wsi);
+
+				if (p != NULL && p->callback == rtsub_session_callback)
+					rtsub_session_wsi_destroy(user);
+			}
 			if (lws_get_opaque_user_data(wsi) == &client_connection_marker)
 			{
 				lws_set_opaque_user_data(wsi, NULL);
 				open_connections--;
 			}
 			return 0;
+
+		case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+			/* a WebSocket upgrade without a subprotocol of ours: refused */
+			return rtsub_session_refuse_upgrade(wsi);
 
 		case LWS_CALLBACK_HTTP:
 			if (session == NULL)

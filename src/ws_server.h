@@ -19,4 +19,17 @@ extern void rtsub_ws_service(void);
 extern void rtsub_ws_stop(void);
 extern bool rtsub_ws_in_callback(void);
 
+/*
+ * Between ws_server.c and session.c (the WebSocket sessions); only for
+ * files that include <libwebsockets.h> first.
+ */
+#ifdef LWS_PRE
+extern int	rtsub_session_callback(struct lws *wsi, enum lws_callback_reasons reason,
+								   void *user, void *in, size_t len);
+extern int	rtsub_session_refuse_upgrade(struct lws *wsi);
+extern void rtsub_session_wsi_destroy(void *user);
+extern int	rtsub_sessions_close_all(void);
+extern int	rtsub_sessions_count(void);
+#endif
+
 #endif							/* RTSUB_WS_SERVER_H */

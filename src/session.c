@@ -1,0 +1,1460 @@
+/*-------------------------------------------------------------------------
+ *
+ * session.c
+ *	  Client sessions of the rtsub server: the WebSocket endpoint /v1/ws
+ *	  (docs/protocol.md).  Owns the handshake checks (path, subprotocol,
+ *	  Origin, token), each session's state (identity, subscriptions, receive
+ *	  buffer, send queue, rate limit), the protocol messages, and the timers
+ *	  (authentication deadline, token expiry, heartbeats).  ws_server.c owns
+ *	  the libwebsockets context and routes the WebSocket callbacks here.
+ *
+ *	  Everything runs in the server worker's one thread: lws callbacks inside
+ *	  rtsub_ws_service(), and rtsub_session_send() called by the subscription
+ *	  engine (evaluate.c) from the worker loop.  No PostgreSQL error may
+ *	  longjmp through lws, so every callback catches errors: one failing
+ *	  message answers `error` code `internal` and the session goes on; other
+ *	  failures close that one connection.
+ *
+ *	  Handshake.  lws 4.1 offers no callback before the upgrade that may
+ *	  answer with an HTTP status, except LWS_CALLBACK_HTTP_CONFIRM_UPGRADE,
+ *	  which is not implemented (CVE-2025-11677).  The checks therefore run in
+ *	  LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION, before lws writes its 101
+ *	  response: a refusal writes a complete HTTP response (status, JSON error
+ *	  body, Connection: close) straight to the socket and returns nonzero,
+ *	  after which lws closes the connection without writing anything.
+ *
+ *	  Memory.  A session lives in its own memory context; each handled
+ *	  message, handshake and timer tick uses a scratch context reset after
+ *	  it.  Queued messages are malloc'd with LWS_PRE bytes of headroom.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <libwebsockets.h>
+
+#include "access/xact.h"
+#include "access/xlogdefs.h"
+#include "lib/ilist.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/json.h"
+#include "utils/memutils.h"
+#include "utils/varlena.h"
+
+#include "auth_jwt.h"
+#include "config.h"
+#include "protocol.h"
+#include "session.h"
+#include "shmem.h"
+#include "ws_server.h"
+
+#define WS_PATH				"/v1/ws"
+#define SERVER_NAME			"rtsub/0.1"
+#define AUTH_TIMEOUT_MS		5000	/* for the first message `auth` */
+#define TICK_US				(250 * 1000)	/* timer resolution */
+#define MAX_WRITES_PER_CALLBACK 64	/* messages per writable callback */
+#define RATE_STREAK_CLOSE	3	/* consecutive seconds over the rate: 4008 */
+#define CLOSE_ACK_TIMEOUT_S	2	/* wait for the client's close after ours */
+
+/*
+ * lws_write()'s close-frame type: LWS_WRITE_CLOSE is private in lws 4.1
+ * (lws-write.h reserves its value 4 "handled by lws_close_reason()")
+ */
+#define LWS_WRITE_CLOSE_FRAME ((enum lws_write_protocol) 4)
+
+/* close codes (docs/protocol.md) */
+#define CLOSE_GOING_AWAY	1001
+#define CLOSE_TOO_BIG		1009
+#define CLOSE_INTERNAL		1011
+#define CLOSE_PROTOCOL		4400
+#define CLOSE_AUTH			4401
+#define CLOSE_RATE			4008
+#define CLOSE_SLOW			4009
+
+/* one queued message */
+typedef struct SendItem
+{
+	dlist_node	node;
+	size_t		len;
+	unsigned char buf[FLEXIBLE_ARRAY_MEMBER];	/* LWS_PRE + len bytes */
+} SendItem;
+
+/* one open subscription of a session */
+typedef struct SessionSub
+{
+	dlist_node	node;
+	char	   *id;
+	char	   *name;
+	RtsubSubscription *sub;
+} SessionSub;
+
+struct RtsubSession
+{
+	dlist_node	node;			/* in sessions, once established */
+	struct lws *wsi;			/* NULL once lws forgot the connection */
+	MemoryContext cxt;			/* holds the session and its strings */
+	RtsubFormat format;
+	char		remote[64];		/* peer address, for the audit log */
+	bool		established;
+	bool		authenticated;
+	bool		closing;		/* a close is pending: send nothing more */
+	bool		close_sent;		/* the close frame is written */
+	int			close_code;
+	char		close_reason[124];
+
+	/* identity (in cxt) */
+	char	   *role;
+	char	   *claims_json;
+	int64		exp;			/* token expiry (Unix s), PG_INT64_MIN: none */
+
+	int64		auth_deadline_ms;	/* unauthenticated: when to give up */
+	int64		last_sent_ms;	/* when a message was last queued */
+
+	/* the message being received (malloc'd) */
+	bool		in_message;
+	char	   *rx;
+	size_t		rx_len;
+	size_t		rx_cap;
+
+	/* send queue */
+	dlist_head	queue;
+	size_t		queued_bytes;
+
+	/* subscriptions */
+	dlist_head	subs;
+	int			nsubs;
+
+	/* rate limit: messages in the current second */
+	int64		rate_second;
+	int			rate_count;
+	bool		rate_over;		/* the current second is over the limit */
+	int			rate_streak;	/* consecutive seconds over the limit */
+};
+
+/* lws's per-connection user data of the WebSocket protocols */
+typedef struct WsPss
+{
+	RtsubSession *session;
+} WsPss;
+
+static dlist_head sessions = DLIST_STATIC_INIT(sessions);
+static int	nsessions = 0;			/* established sessions */
+static MemoryContext scratch_cxt = NULL;
+static lws_sorted_usec_list_t tick_sul;
+static struct lws_context *tick_context = NULL;
+static bool tick_scheduled = false;
+
+/* the JWT settings the keys were loaded from (see auth_keys_current) */
+static char *seen_jwt_settings = NULL;
+
+static void start_close(RtsubSession *s, int code, const char *reason);
+static void schedule_tick(struct lws_context *context);
+
+/* ----------------------------------------------------------------------
+ * small helpers
+ * ----------------------------------------------------------------------
+ */
+
+/* wall-clock time in milliseconds since 1970 */
+static int64
+now_unix_ms(void)
+{
+	struct timeval tv;
+
+	gettimeofday(&tv, NULL);
+	return (int64) tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+/* the scratch context for one callback's temporary allocations */
+static MemoryContext
+scratch(void)
+{
+	if (scratch_cxt == NULL)
+		scratch_cxt = AllocSetContextCreate(TopMemoryContext,
+											"rtsub session scratch",
+											ALLOCSET_DEFAULT_SIZES);
+	return scratch_cxt;
+}
+
+/* "rtsub: ..." LOG line when rtsub.audit_log is on */
+static void
+audit(const char *fmt,...)
+pg_attribute_printf(1, 2);
+
+static void
+audit(const char *fmt,...)
+{
+	char		buf[1024];
+	va_list		ap;
+
+	if (!rtsub_audit_log)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	ereport(LOG, (errmsg_internal("rtsub: %s", buf), errhidestmt(true)));
+}
+
+/* an LSN as an event id "X/X:0" */
+static char *
+lsn_event_id(XLogRecPtr lsn)
+{
+	return psprintf("%X/%X:0", LSN_FORMAT_ARGS(lsn));
+}
+
+/* count in a shared counter */
+static inline void
+count(pg_atomic_uint64 *counter, int64 delta)
+{
+	if (rtsub_shared == NULL)
+		return;
+	if (delta >= 0)
+		pg_atomic_fetch_add_u64(counter, (uint64) delta);
+	else
+		pg_atomic_fetch_sub_u64(counter, (uint64) -delta);
+}
+
+/*
+ * Reload the JWT keys when their settings changed (after SIGHUP the worker
+ * has new values; auth_jwt.c loads its keys only once by itself).
+ */
+static void
+auth_keys_current(void)
+{
+	char	   *now = psprintf("%s\x1f%d\x1f%s\x1f%s",
+							   rtsub_jwt_secret ? rtsub_jwt_secret : "",
+							   (int) rtsub_jwt_secret_base64,
+							   rtsub_jwt_public_key_file ? rtsub_jwt_public_key_file : "",
+							   rtsub_jwt_algorithms ? rtsub_jwt_algorithms : "");
+
+	if (seen_jwt_settings != NULL && strcmp(now, seen_jwt_settings) == 0)
+	{
+		pfree(now);
+		return;
+	}
+	rtsub_auth_reload();
+	if (seen_jwt_settings)
+	{
+		explicit_bzero(seen_jwt_settings, strlen(seen_jwt_settings));
+		pfree(seen_jwt_settings);
+	}
+	seen_jwt_settings = MemoryContextStrdup(TopMemoryContext, now);
+	explicit_bzero(now, strlen(now));
+	pfree(now);
+}
+
+/* whether a role of that name exists (a short transaction when needed) */
+static bool
+role_exists(const char *role)
+{
+	MemoryContext old = CurrentMemoryContext;
+	bool		started = false;
+	bool		exists;
+
+	if (strlen(role) >= NAMEDATALEN)
+		return false;
+	if (!IsTransactionState())
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		started = true;
+	}
+	exists = OidIsValid(get_role_oid(role, true));
+	if (started)
+		CommitTransactionCommand();
+	MemoryContextSwitchTo(old);
+	return exists;
+}
+
+/*
+ * Verify a token and that its role exists.  NULL on success (*tok filled),
+ * else the error code, with *message a description.
+ */
+static const char *
+authenticate(const char *token, RtsubToken *tok, const char **message)
+{
+	RtsubAuthError err;
+	const char *detail = NULL;
+
+	auth_keys_current();
+	err = rtsub_verify_jwt(token, now_unix_ms() / 1000, tok, &detail);
+	if (err != RTSUB_AUTH_OK)
+	{
+		*message = detail ? detail : rtsub_auth_error_message(err);
+		return rtsub_auth_error_code(err);
+	}
+	if (!role_exists(tok->role))
+	{
+		*message = "the token's role does not exist";
+		return "role_not_found";
+	}
+	*message = NULL;
+	return NULL;
+}
+
+/* ----------------------------------------------------------------------
+ * the handshake
+ * ----------------------------------------------------------------------
+ */
+
+/* a header's value (palloc'd), or NULL when absent */
+static char *
+header(struct lws *wsi, enum lws_token_indexes h)
+{
+	int			n = lws_hdr_total_length(wsi, h);
+	char	   *buf;
+
+	if (n <= 0)
+		return NULL;
+	buf = palloc(n + 1);
+	if (lws_hdr_copy(wsi, buf, n + 1, h) < 0)
+		return NULL;
+	return buf;
+}
+
+/*
+ * Write a complete HTTP error response straight to the socket (lws has
+ * not written anything yet and closes the connection after us).
+ */
+static void
+refuse(struct lws *wsi, int status, const char *status_text,
+	   const char *code, const char *message)
+{
+	StringInfoData body;
+	StringInfoData resp;
+	lws_sockfd_type fd = lws_get_socket_fd(wsi);
+	size_t		off = 0;
+	char		peer[64];
+
+	initStringInfo(&body);
+	appendStringInfo(&body, "{\"error\":{\"code\":\"%s\",\"message\":", code);
+	escape_json(&body, message);
+	appendStringInfoString(&body, "}}");
+
+	initStringInfo(&resp);
+	appendStringInfo(&resp,
+					 "HTTP/1.1 %d %s\r\n"
+					 "server: rtsub\r\n"
+					 "content-type: application/json\r\n"
+					 "content-length: %d\r\n"
+					 "cache-control: no-store\r\n"
+					 "x-content-type-options: nosniff\r\n"
+					 "connection: close\r\n",
+					 status, status_text, body.len);
+	if (status == 401)
+		appendStringInfo(&resp, "www-authenticate: Bearer error=\"invalid_token\"\r\n");
+	appendStringInfo(&resp, "\r\n%s", body.data);
+
+	while (fd >= 0 && off < (size_t) resp.len)
+	{
+		ssize_t		n = send(fd, resp.data + off, resp.len - off, MSG_NOSIGNAL);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;				/* the client is gone or not reading: drop it */
+		off += n;
+	}
+	if (rtsub_shared)
+	{
+		pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, off);
+		pg_atomic_fetch_add_u64(&rtsub_shared->ws_sessions_refused, 1);
+	}
+	lws_get_peer_simple(wsi, peer, sizeof(peer));
+	audit("connection refused from %s: %d %s: %s", peer, status, code, message);
+}
+
+/* whether the request's path is the WebSocket endpoint */
+static bool
+path_is_ws(struct lws *wsi)
+{
+	char	   *uri = header(wsi, WSI_TOKEN_GET_URI);
+
+	return uri != NULL && strcmp(uri, WS_PATH) == 0;
+}
+
+/*
+ * An origin "scheme://host[:port]" normalized for comparison: lower case,
+ * without the scheme's default port.
+ */
+static char *
+normalize_origin(const char *origin)
+{
+	char	   *s = pstrdup(origin);
+	char	   *p;
+	size_t		n;
+
+	for (p = s; *p; p++)
+		*p = pg_ascii_tolower((unsigned char) *p);
+	n = strlen(s);
+	while (n > 0 && s[n - 1] == '/')
+		s[--n] = '\0';
+	if (strncmp(s, "http://", 7) == 0 && n > 3 && strcmp(s + n - 3, ":80") == 0)
+		s[n - 3] = '\0';
+	else if (strncmp(s, "https://", 8) == 0 && n > 4 && strcmp(s + n - 4, ":443") == 0)
+		s[n - 4] = '\0';
+	return s;
+}
+
+/*
+ * Whether the request's Origin is allowed by rtsub.allowed_origins.
+ * Requests without Origin (not from a browser) are always allowed; "*"
+ * allows every origin; an empty setting allows only the server's own host
+ * (the Origin's host[:port] equals the Host header).
+ */
+static bool
+origin_allowed(struct lws *wsi, char **origin_out)
+{
+	char	   *origin = header(wsi, WSI_TOKEN_ORIGIN);
+	char	   *norm;
+	char	   *raw;
+	List	   *items = NIL;
+	ListCell   *lc;
+
+	*origin_out = origin;
+	if (origin == NULL)
+		return true;
+	norm = normalize_origin(origin);
+
+	if (rtsub_allowed_origins == NULL || rtsub_allowed_origins[0] == '\0')
+	{
+		char	   *host = header(wsi, WSI_TOKEN_HOST);
+		char	   *sep = strstr(norm, "://");
+
+		if (host == NULL || sep == NULL)
+			return false;
+		/* compare host[:port] with the Host header, both normalized */
+		return strcmp(normalize_origin(psprintf("%.*s%s", (int) (sep - norm + 3), norm, host)),
+					  norm) == 0;
+	}
+
+	raw = pstrdup(rtsub_allowed_origins);
+	if (!SplitGUCList(raw, ',', &items))
+		return false;
+	foreach(lc, items)
+	{
+		const char *item = (const char *) lfirst(lc);
+
+		if (strcmp(item, "*") == 0 || strcmp(normalize_origin(item), norm) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* the handshake's token: Authorization: Bearer, else ?access_token= */
+static char *
+handshake_token(struct lws *wsi, bool *not_bearer)
+{
+	char	   *auth = header(wsi, WSI_TOKEN_HTTP_AUTHORIZATION);
+	char		buf[8192];
+	const char *arg;
+
+	*not_bearer = false;
+	if (auth != NULL)
+	{
+		char	   *p = auth;
+
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (pg_strncasecmp(p, "bearer", 6) != 0 || (p[6] != ' ' && p[6] != '\t'))
+		{
+			*not_bearer = true;
+			return NULL;
+		}
+		p += 7;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		/* trailing blanks */
+		{
+			size_t		n = strlen(p);
+
+			while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+				p[--n] = '\0';
+		}
+		return p;
+	}
+	arg = lws_get_urlarg_by_name(wsi, "access_token=", buf, sizeof(buf));
+	if (arg != NULL)
+		return pstrdup(arg);
+	return NULL;
+}
+
+/* a new session (not yet established) for wsi */
+static RtsubSession *
+session_create(struct lws *wsi, RtsubFormat format)
+{
+	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext,
+											  "rtsub session",
+											  ALLOCSET_SMALL_SIZES);
+	RtsubSession *s = MemoryContextAllocZero(cxt, sizeof(RtsubSession));
+
+	s->cxt = cxt;
+	s->wsi = wsi;
+	s->format = format;
+	s->exp = PG_INT64_MIN;
+	dlist_init(&s->queue);
+	dlist_init(&s->subs);
+	lws_get_peer_simple(wsi, s->remote, sizeof(s->remote));
+	return s;
+}
+
+/* take the identity of a verified token */
+static void
+session_set_identity(RtsubSession *s, const RtsubToken *tok)
+{
+	if (s->role == NULL)
+		s->role = MemoryContextStrdup(s->cxt, tok->role);
+	if (s->claims_json)
+		pfree(s->claims_json);
+	s->claims_json = MemoryContextStrdup(s->cxt, tok->claims_json);
+	s->exp = tok->exp;
+	s->authenticated = true;
+}
+
+/*
+ * LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION of the two WebSocket protocols:
+ * path, Origin, token.  0 accepts (the session is created); nonzero
+ * refuses (a response was written).
+ */
+static int
+filter_connection(struct lws *wsi, WsPss *pss, RtsubFormat format)
+{
+	char	   *origin;
+	char	   *token;
+	bool		not_bearer;
+	RtsubSession *s;
+
+	if (!path_is_ws(wsi))
+	{
+		refuse(wsi, 404, "Not Found", "not_found", "no such resource");
+		return -1;
+	}
+	if (!origin_allowed(wsi, &origin))
+	{
+		refuse(wsi, 403, "Forbidden", "origin_not_allowed",
+			   psprintf("origin \"%s\" is not allowed", origin));
+		return -1;
+	}
+	token = handshake_token(wsi, &not_bearer);
+	if (not_bearer)
+	{
+		count(&rtsub_shared->ws_auth_failures, 1);
+		refuse(wsi, 401, "Unauthorized", "token_malformed",
+			   "the Authorization header is not a Bearer token");
+		return -1;
+	}
+
+	s = session_create(wsi, format);
+	if (token != NULL)
+	{
+		RtsubToken tok;
+		const char *message;
+		const char *code = authenticate(token, &tok, &message);
+
+		if (code != NULL)
+		{
+			MemoryContextDelete(s->cxt);
+			count(&rtsub_shared->ws_auth_failures, 1);
+			refuse(wsi, 401, "Unauthorized", code, message);
+			return -1;
+		}
+		session_set_identity(s, &tok);
+	}
+	pss->session = s;
+	return 0;
+}
+
+/*
+ * An upgrade bound to the HTTP protocol: the client offered no subprotocol
+ * (lws binds those to its default protocol).  Always refused.
+ */
+int
+rtsub_session_refuse_upgrade(struct lws *wsi)
+{
+	MemoryContext old = MemoryContextSwitchTo(scratch());
+	volatile int rc = -1;
+
+	PG_TRY();
+	{
+		if (!path_is_ws(wsi))
+			refuse(wsi, 404, "Not Found", "not_found", "no such resource");
+		else
+			refuse(wsi, 400, "Bad Request", "subprotocol_required",
+				   "request the WebSocket subprotocol rtsub.v1.json or rtsub.v1.msgpack");
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(scratch());
+		EmitErrorReport();
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(scratch());
+	return rc;
+}
+
+/* ----------------------------------------------------------------------
+ * sending
+ * ----------------------------------------------------------------------
+ */
+
+/* free the queued messages */
+static void
+drop_queue(RtsubSession *s)
+{
+	dlist_mutable_iter it;
+
+	dlist_foreach_modify(it, &s->queue)
+	{
+		SendItem   *item = dlist_container(SendItem, node, it.cur);
+
+		dlist_delete(&item->node);
+		free(item);
+	}
+	s->queued_bytes = 0;
+}
+
+/* queue one message; see session.h */
+bool
+rtsub_session_send(RtsubSession *s, const char *data, size_t len)
+{
+	SendItem   *item;
+
+	if (s == NULL || s->closing || s->wsi == NULL)
+		return false;
+	if (s->queued_bytes + len > (size_t) rtsub_max_send_buffer)
+	{
+		count(&rtsub_shared->ws_slow_consumers, 1);
+		audit("slow consumer closed: %s (role %s): more than %d bytes queued",
+			  s->remote, s->role ? s->role : "-", rtsub_max_send_buffer);
+		start_close(s, CLOSE_SLOW, "slow_consumer");
+		return false;
+	}
+	item = malloc(offsetof(SendItem, buf) + LWS_PRE + len);
+	if (item == NULL)
+	{
+		start_close(s, CLOSE_INTERNAL, "out of memory");
+		return false;
+	}
+	item->len = len;
+	memcpy(item->buf + LWS_PRE, data, len);
+	dlist_push_tail(&s->queue, &item->node);
+	s->queued_bytes += len;
+	s->last_sent_ms = now_unix_ms();
+	lws_callback_on_writable(s->wsi);
+	return true;
+}
+
+/* the session's wire format */
+RtsubFormat
+rtsub_session_format(RtsubSession *s)
+{
+	return s->format;
+}
+
+/* queue a built message */
+static void
+send_buf(RtsubSession *s, StringInfo buf)
+{
+	(void) rtsub_session_send(s, buf->data, buf->len);
+}
+
+/* queue an error message */
+static void
+send_error(RtsubSession *s, const char *code, const char *message, const char *ref)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	rtsub_msg_error(&buf, s->format, code, message ? message : code, ref);
+	send_buf(s, &buf);
+}
+
+/* queue the welcome */
+static void
+send_welcome(RtsubSession *s)
+{
+	StringInfoData buf;
+	RtsubWelcome wel;
+
+	wel.server = SERVER_NAME;
+	wel.epoch = rtsub_shared ? rtsub_shared->epoch : "0";
+	wel.role = s->role;
+	wel.exp = (s->exp == PG_INT64_MIN) ? -1 : s->exp;
+	wel.heartbeat_ms = rtsub_heartbeat_interval;
+	wel.max_subscriptions = rtsub_max_subscriptions_per_connection;
+	wel.max_message_size = rtsub_max_message_size;
+	wel.max_messages_per_second = rtsub_max_messages_per_second;
+	wel.max_send_buffer = rtsub_max_send_buffer;
+	initStringInfo(&buf);
+	rtsub_msg_welcome(&buf, s->format, &wel);
+	send_buf(s, &buf);
+}
+
+/*
+ * Close the session with code and reason: whatever is queued is dropped,
+ * the close frame goes out on the next writable callback.
+ */
+static void
+start_close(RtsubSession *s, int code, const char *reason)
+{
+	if (s->closing)
+		return;
+	s->closing = true;
+	s->close_code = code;
+	strlcpy(s->close_reason, reason, sizeof(s->close_reason));	/* <= 123 bytes */
+	drop_queue(s);
+	if (s->wsi)
+		lws_callback_on_writable(s->wsi);
+}
+
+/* LWS_CALLBACK_SERVER_WRITEABLE: the close frame, or queued messages */
+static int
+on_writeable(struct lws *wsi, RtsubSession *s)
+{
+	int			n = 0;
+	enum lws_write_protocol kind = (s->format == RTSUB_FORMAT_MSGPACK) ?
+		LWS_WRITE_BINARY : LWS_WRITE_TEXT;
+
+	if (s->closing)
+	{
+		/*
+		 * lws 4.1 drops the reason of lws_close_reason() when a writable
+		 * callback returns nonzero, so the close frame is written here; the
+		 * connection then waits for the client's close (which ends it, see
+		 * LWS_CALLBACK_WS_PEER_INITIATED_CLOSE) for at most
+		 * CLOSE_ACK_TIMEOUT_S.  Waiting, rather than closing the socket at
+		 * once, keeps unread client data from turning the close into a TCP
+		 * reset that would lose the close frame.
+		 */
+		if (!s->close_sent)
+		{
+			unsigned char frame[LWS_PRE + 125];
+			size_t		rlen = strlen(s->close_reason);
+
+			frame[LWS_PRE] = (unsigned char) (s->close_code >> 8);
+			frame[LWS_PRE + 1] = (unsigned char) (s->close_code & 0xff);
+			memcpy(frame + LWS_PRE + 2, s->close_reason, rlen);
+			if (lws_write(wsi, frame + LWS_PRE, 2 + rlen, LWS_WRITE_CLOSE_FRAME) < 0)
+				return -1;
+			s->close_sent = true;
+			lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, CLOSE_ACK_TIMEOUT_S);
+		}
+		return 0;
+	}
+
+	/* several messages per callback while the socket takes them */
+	while (!dlist_is_empty(&s->queue) && n < MAX_WRITES_PER_CALLBACK)
+	{
+		SendItem   *item = dlist_container(SendItem, node, dlist_pop_head_node(&s->queue));
+		int			written;
+
+		s->queued_bytes -= item->len;
+		written = lws_write(wsi, item->buf + LWS_PRE, item->len, kind);
+		if (written < (int) item->len)
+		{
+			free(item);
+			return -1;			/* the connection failed */
+		}
+		if (rtsub_shared)
+		{
+			pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
+			pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
+		}
+		free(item);
+		n++;
+		if (lws_send_pipe_choked(wsi))
+			break;
+	}
+	if (!dlist_is_empty(&s->queue))
+		lws_callback_on_writable(wsi);
+	return 0;
+}
+
+/* ----------------------------------------------------------------------
+ * receiving
+ * ----------------------------------------------------------------------
+ */
+
+/* the subscription of a session with that id, or NULL */
+static SessionSub *
+find_sub(RtsubSession *s, const char *id)
+{
+	dlist_iter	it;
+
+	dlist_foreach(it, &s->subs)
+	{
+		SessionSub *ss = dlist_container(SessionSub, node, it.cur);
+
+		if (strcmp(ss->id, id) == 0)
+			return ss;
+	}
+	return NULL;
+}
+
+/* the identity handed to the subscription engine */
+static void
+identity(RtsubSession *s, RtsubClientIdentity *who)
+{
+	who->role = s->role;
+	who->claims_json = s->claims_json;
+}
+
+static void
+handle_subscribe(RtsubSession *s, RtsubClientMsg *msg)
+{
+	RtsubClientIdentity who;
+	RtsubSubscription *sub = NULL;
+	XLogRecPtr	live_from = InvalidXLogRecPtr;
+	char	   *detail = NULL;
+	const char *code;
+	SessionSub *ss;
+	StringInfoData buf;
+
+	if (find_sub(s, msg->id) != NULL)
+	{
+		send_error(s, "duplicate_id",
+				   psprintf("id \"%s\" is already in use on this connection", msg->id),
+				   msg->id);
+		return;
+	}
+	if (s->nsubs >= rtsub_max_subscriptions_per_connection)
+	{
+		send_error(s, "too_many_subscriptions",
+				   psprintf("a connection may open at most %d subscriptions",
+							rtsub_max_subscriptions_per_connection),
+				   msg->id);
+		return;
+	}
+
+	identity(s, &who);
+	code = rtsub_subscription_open(s, &who, msg, &sub, &live_from, &detail);
+	if (code != NULL)
+	{
+		audit("subscribe denied: %s (role %s) subscription \"%s\" id \"%s\": %s: %s",
+			  s->remote, s->role, msg->subscription, msg->id, code,
+			  detail ? detail : "");
+		send_error(s, code, detail ? detail : code, msg->id);
+		return;
+	}
+
+	ss = MemoryContextAllocZero(s->cxt, sizeof(SessionSub));
+	ss->id = MemoryContextStrdup(s->cxt, msg->id);
+	ss->name = MemoryContextStrdup(s->cxt, msg->subscription);
+	ss->sub = sub;
+	dlist_push_tail(&s->subs, &ss->node);
+	s->nsubs++;
+	audit("subscribe granted: %s (role %s) subscription \"%s\" id \"%s\"",
+		  s->remote, s->role, msg->subscription, msg->id);
+
+	initStringInfo(&buf);
+	rtsub_msg_subscribed(&buf, s->format, msg->id, lsn_event_id(live_from));
+	send_buf(s, &buf);
+}
+
+/* close one of a session's subscriptions and forget it */
+static void
+close_sub(RtsubSession *s, SessionSub *ss)
+{
+	dlist_delete(&ss->node);
+	s->nsubs--;
+	if (ss->sub)
+		rtsub_subscription_close(ss->sub);
+	pfree(ss->id);
+	pfree(ss->name);
+	pfree(ss);
+}
+
+static void
+handle_unsubscribe(RtsubSession *s, RtsubClientMsg *msg)
+{
+	SessionSub *ss = find_sub(s, msg->id);
+	StringInfoData buf;
+
+	if (ss == NULL)
+	{
+		send_error(s, RTSUB_ERR_BAD_FIELD,
+				   psprintf("no subscription with id \"%s\" on this connection", msg->id),
+				   msg->id);
+		return;
+	}
+	close_sub(s, ss);
+	initStringInfo(&buf);
+	rtsub_msg_unsubscribed(&buf, s->format, msg->id);
+	send_buf(s, &buf);
+}
+
+static void
+handle_refresh(RtsubSession *s, RtsubClientMsg *msg)
+{
+	RtsubToken tok;
+	const char *message;
+	const char *code;
+	StringInfoData buf;
+
+	auth_keys_current();
+	{
+		RtsubAuthError err;
+		const char *detail = NULL;
+
+		err = rtsub_verify_jwt(msg->token, now_unix_ms() / 1000, &tok, &detail);
+		code = (err == RTSUB_AUTH_OK) ? NULL : rtsub_auth_error_code(err);
+		message = detail ? detail : rtsub_auth_error_message(err);
+	}
+	if (code != NULL)
+	{
+		count(&rtsub_shared->ws_auth_failures, 1);
+		audit("refresh refused: %s (role %s): %s", s->remote, s->role, code);
+		send_error(s, code, message, NULL);
+		return;
+	}
+	if (strcmp(tok.role, s->role) != 0)
+	{
+		audit("refresh refused: %s (role %s): the new token is for role \"%s\"",
+			  s->remote, s->role, tok.role);
+		send_error(s, "forbidden",
+				   "the new token is for another role; reconnect to change roles",
+				   NULL);
+		return;
+	}
+	session_set_identity(s, &tok);
+	initStringInfo(&buf);
+	rtsub_msg_refreshed(&buf, s->format, tok.exp == PG_INT64_MIN ? 0 : tok.exp);
+	send_buf(s, &buf);
+}
+
+/* the first message of a session without a token: must be `auth` */
+static void
+handle_auth_message(RtsubSession *s, const char *data, size_t len)
+{
+	RtsubClientMsg msg;
+	char	   *detail;
+	const char *code;
+	RtsubToken tok;
+	const char *message;
+
+	code = rtsub_parse_client_message(data, len, s->format, &msg, &detail);
+	if (code != NULL || msg.type != RTSUB_MSG_AUTH)
+	{
+		audit("connection refused from %s: the first message is not auth", s->remote);
+		count(&rtsub_shared->ws_auth_failures, 1);
+		start_close(s, CLOSE_AUTH, "auth_required");
+		return;
+	}
+	code = authenticate(msg.token, &tok, &message);
+	if (code != NULL)
+	{
+		audit("connection refused from %s: auth message: %s: %s", s->remote, code, message);
+		count(&rtsub_shared->ws_auth_failures, 1);
+		start_close(s, CLOSE_AUTH, code);
+		return;
+	}
+	session_set_identity(s, &tok);
+	audit("connection authenticated: %s role \"%s\" (auth message, %s)",
+		  s->remote, s->role,
+		  s->format == RTSUB_FORMAT_MSGPACK ? "rtsub.v1.msgpack" : "rtsub.v1.json");
+	send_welcome(s);
+}
+
+/* one complete client message of an established session */
+static void
+dispatch(RtsubSession *s, const char *data, size_t len)
+{
+	RtsubClientMsg msg;
+	char	   *detail;
+	const char *code;
+
+	if (!s->authenticated)
+	{
+		handle_auth_message(s, data, len);
+		return;
+	}
+
+	code = rtsub_parse_client_message(data, len, s->format, &msg, &detail);
+	if (code != NULL)
+	{
+		send_error(s, code, detail, msg.id);
+		return;
+	}
+	switch (msg.type)
+	{
+		case RTSUB_MSG_SUBSCRIBE:
+			handle_subscribe(s, &msg);
+			break;
+		case RTSUB_MSG_UNSUBSCRIBE:
+			handle_unsubscribe(s, &msg);
+			break;
+		case RTSUB_MSG_PING:
+			{
+				StringInfoData buf;
+
+				initStringInfo(&buf);
+				rtsub_msg_pong(&buf, s->format, msg.nonce);
+				send_buf(s, &buf);
+				break;
+			}
+		case RTSUB_MSG_REFRESH:
+			handle_refresh(s, &msg);
+			break;
+		case RTSUB_MSG_AUTH:
+			start_close(s, CLOSE_PROTOCOL, "auth after welcome");
+			break;
+	}
+}
+
+/*
+ * The rate limit: false when the message is to be dropped.  The first
+ * message over the limit in a second answers `rate_limited`; the third
+ * second in a row over the limit closes the connection.
+ */
+static bool
+rate_allows(RtsubSession *s)
+{
+	int			max = rtsub_max_messages_per_second;
+	int64		second;
+
+	if (max <= 0)
+		return true;
+	second = now_unix_ms() / 1000;
+	if (second != s->rate_second)
+	{
+		if (!(s->rate_over && second == s->rate_second + 1))
+			s->rate_streak = 0;
+		s->rate_second = second;
+		s->rate_count = 0;
+		s->rate_over = false;
+	}
+	if (++s->rate_count <= max)
+		return true;
+	if (!s->rate_over)
+	{
+		s->rate_over = true;
+		if (++s->rate_streak >= RATE_STREAK_CLOSE)
+		{
+			audit("connection closed: %s (role %s): rate limit exceeded %d seconds in a row",
+				  s->remote, s->role ? s->role : "-", RATE_STREAK_CLOSE);
+			start_close(s, CLOSE_RATE, "rate_limited");
+		}
+		else
+			send_error(s, "rate_limited",
+					   psprintf("more than %d messages in a second: the rest of this second's messages are dropped",
+								max),
+					   NULL);
+	}
+	return false;
+}
+
+/* handle one complete message; an ERROR answers `internal` */
+static void
+handle_message(RtsubSession *s, const char *data, size_t len)
+{
+	MemoryContext cxt = scratch();
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	if (rtsub_shared)
+		pg_atomic_fetch_add_u64(&rtsub_shared->messages_received, 1);
+	PG_TRY();
+	{
+		if (rate_allows(s))
+			dispatch(s, data, len);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		MemoryContextSwitchTo(cxt);
+		if (!s->authenticated)
+			start_close(s, CLOSE_INTERNAL, "internal");
+		else
+			send_error(s, "internal", "the server failed handling this message", NULL);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(cxt);
+}
+
+/* LWS_CALLBACK_RECEIVE: accumulate fragments, handle complete messages */
+static void
+on_receive(struct lws *wsi, RtsubSession *s, const char *in, size_t len)
+{
+	bool		final = lws_is_final_fragment(wsi);
+
+	if (s->closing)
+		return;
+	if (!s->in_message)
+	{
+		bool		binary = lws_frame_is_binary(wsi) != 0;
+
+		if (binary != (s->format == RTSUB_FORMAT_MSGPACK))
+		{
+			start_close(s, CLOSE_PROTOCOL,
+						binary ? "binary frame on rtsub.v1.json" :
+						"text frame on rtsub.v1.msgpack");
+			return;
+		}
+		s->in_message = true;
+		s->rx_len = 0;
+		/* the common case: a whole message in one piece, no copy */
+		if (final)
+		{
+			s->in_message = false;
+			if (len > (size_t) rtsub_max_message_size)
+				start_close(s, CLOSE_TOO_BIG, "message too big");
+			else
+				handle_message(s, in, len);
+			return;
+		}
+	}
+
+	if (s->rx_len + len + lws_remaining_packet_payload(wsi) > (size_t) rtsub_max_message_size)
+	{
+		start_close(s, CLOSE_TOO_BIG, "message too big");
+		return;
+	}
+	if (s->rx_len + len > s->rx_cap)
+	{
+		size_t		cap = Max(s->rx_cap * 2, 4096);
+		char	   *rx;
+
+		while (cap < s->rx_len + len)
+			cap *= 2;
+		rx = realloc(s->rx, cap);
+		if (rx == NULL)
+		{
+			start_close(s, CLOSE_INTERNAL, "out of memory");
+			return;
+		}
+		s->rx = rx;
+		s->rx_cap = cap;
+	}
+	memcpy(s->rx + s->rx_len, in, len);
+	s->rx_len += len;
+	if (!final)
+		return;
+
+	s->in_message = false;
+	handle_message(s, s->rx, s->rx_len);
+	if (s->rx_cap > 65536)
+	{
+		free(s->rx);
+		s->rx = NULL;
+		s->rx_cap = 0;
+	}
+	s->rx_len = 0;
+}
+
+/* ----------------------------------------------------------------------
+ * lifecycle
+ * ----------------------------------------------------------------------
+ */
+
+/* LWS_CALLBACK_ESTABLISHED */
+static void
+on_established(struct lws *wsi, RtsubSession *s)
+{
+	const char *protocol = s->format == RTSUB_FORMAT_MSGPACK ?
+		"rtsub.v1.msgpack" : "rtsub.v1.json";
+
+	s->established = true;
+	dlist_push_tail(&sessions, &s->node);
+	nsessions++;
+	count(&rtsub_shared->ws_sessions_open, 1);
+	count(&rtsub_shared->ws_sessions_accepted, 1);
+	s->last_sent_ms = now_unix_ms();
+	if (s->authenticated)
+	{
+		audit("connection accepted: %s role \"%s\" (%s)", s->remote, s->role, protocol);
+		send_welcome(s);
+	}
+	else
+	{
+		audit("connection accepted: %s awaiting the auth message (%s)", s->remote, protocol);
+		s->auth_deadline_ms = now_unix_ms() + AUTH_TIMEOUT_MS;
+	}
+	schedule_tick(lws_get_context(wsi));
+}
+
+/* the session is over: close its subscriptions, free everything */
+static void
+session_destroy(RtsubSession *s)
+{
+	dlist_mutable_iter it;
+
+	if (s->established)
+	{
+		dlist_delete(&s->node);
+		nsessions--;
+		count(&rtsub_shared->ws_sessions_open, -1);
+		audit("connection closed: %s (role %s)%s%s", s->remote,
+			  s->role ? s->role : "-",
+			  s->closing ? ": " : "", s->closing ? s->close_reason : "");
+	}
+	dlist_foreach_modify(it, &s->subs)
+	{
+		SessionSub *ss = dlist_container(SessionSub, node, it.cur);
+
+		close_sub(s, ss);
+	}
+	drop_queue(s);
+	free(s->rx);
+	s->rx = NULL;
+	s->wsi = NULL;
+	MemoryContextDelete(s->cxt);
+}
+
+/* ----------------------------------------------------------------------
+ * timers
+ * ----------------------------------------------------------------------
+ */
+
+/* every TICK_US while sessions exist: deadlines, expiry, heartbeats */
+static void
+tick(lws_sorted_usec_list_t *sul)
+{
+	MemoryContext old = MemoryContextSwitchTo(scratch());
+
+	tick_scheduled = false;
+	PG_TRY();
+	{
+		int64		now = now_unix_ms();
+		StringInfoData hb[2];
+		bool		hb_built = false;
+		dlist_iter	it;
+
+		dlist_foreach(it, &sessions)
+		{
+			RtsubSession *s = dlist_container(RtsubSession, node, it.cur);
+
+			if (s->closing)
+				continue;
+			if (!s->authenticated)
+			{
+				if (now >= s->auth_deadline_ms)
+				{
+					audit("connection refused from %s: no auth message within %d ms",
+						  s->remote, AUTH_TIMEOUT_MS);
+					count(&rtsub_shared->ws_auth_failures, 1);
+					start_close(s, CLOSE_AUTH, "auth_timeout");
+				}
+				continue;
+			}
+			if (s->exp != PG_INT64_MIN &&
+				now >= (s->exp + rtsub_jwt_leeway) * 1000)
+			{
+				audit("connection closed: %s (role %s): token expired",
+					  s->remote, s->role);
+				start_close(s, CLOSE_AUTH, "token_expired");
+				continue;
+			}
+			if (rtsub_heartbeat_interval > 0 &&
+				now - s->last_sent_ms >= rtsub_heartbeat_interval)
+			{
+				if (!hb_built)
+				{
+					char	   *at = lsn_event_id(rtsub_shared ?
+												  pg_atomic_read_u64(&rtsub_shared->stream_read_upto) : 0);
+
+					initStringInfo(&hb[0]);
+					rtsub_msg_heartbeat(&hb[0], RTSUB_FORMAT_JSON, at);
+					initStringInfo(&hb[1]);
+					rtsub_msg_heartbeat(&hb[1], RTSUB_FORMAT_MSGPACK, at);
+					hb_built = true;
+				}
+				send_buf(s, &hb[s->format == RTSUB_FORMAT_MSGPACK ? 1 : 0]);
+			}
+		}
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(scratch());
+		EmitErrorReport();
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(scratch());
+	if (nsessions > 0 && tick_context != NULL)
+		schedule_tick(tick_context);
+}
+
+/* make sure the tick runs (only while there are sessions) */
+static void
+schedule_tick(struct lws_context *context)
+{
+	if (tick_scheduled)
+		return;
+	tick_context = context;
+	tick_scheduled = true;
+	lws_sul_schedule(context, 0, &tick_sul, tick, TICK_US);
+}
+
+/* ----------------------------------------------------------------------
+ * the callback
+ * ----------------------------------------------------------------------
+ */
+
+/* the body of rtsub_session_callback */
+static int
+session_callback(struct lws *wsi, enum lws_callback_reasons reason,
+				 WsPss *pss, void *in, size_t len, RtsubFormat format)
+{
+	RtsubSession *s = pss ? pss->session : NULL;
+
+	switch (reason)
+	{
+		case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+			if (pss == NULL)
+				return -1;
+			return filter_connection(wsi, pss, format);
+
+		case LWS_CALLBACK_ESTABLISHED:
+			if (s == NULL)
+				return -1;
+			on_established(wsi, s);
+			return 0;
+
+		case LWS_CALLBACK_RECEIVE:
+			if (s == NULL)
+				return -1;
+			on_receive(wsi, s, (const char *) in, len);
+			return 0;
+
+		case LWS_CALLBACK_SERVER_WRITEABLE:
+			if (s == NULL)
+				return -1;
+			return on_writeable(wsi, s);
+
+		case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+			/* the answer to our close ends the connection; else lws echoes */
+			return (s != NULL && s->close_sent) ? -1 : 0;
+
+		case LWS_CALLBACK_CLOSED:
+			if (s != NULL)
+			{
+				pss->session = NULL;
+				session_destroy(s);
+			}
+			return 0;
+
+		default:
+			return 0;
+	}
+}
+
+/*
+ * The callback of the protocols rtsub.v1.json and rtsub.v1.msgpack (see
+ * ws_server.c's protocol list): catches every error.
+ */
+int
+rtsub_session_callback(struct lws *wsi, enum lws_callback_reasons reason,
+					   void *user, void *in, size_t len)
+{
+	const struct lws_protocols *p = lws_get_protocol(wsi);
+	RtsubFormat format = (p && p->id == RTSUB_FORMAT_MSGPACK) ?
+		RTSUB_FORMAT_MSGPACK : RTSUB_FORMAT_JSON;
+	MemoryContext old = MemoryContextSwitchTo(scratch());
+	volatile int rc = 0;
+
+	PG_TRY();
+	{
+		rc = session_callback(wsi, reason, (WsPss *) user, in, len, format);
+	}
+	PG_CATCH();
+	{
+		WsPss	   *pss = (WsPss *) user;
+
+		MemoryContextSwitchTo(scratch());
+		EmitErrorReport();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		if (reason == LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION)
+		{
+			refuse(wsi, 500, "Internal Server Error", "internal_error",
+				   "internal server error");
+			rc = -1;
+		}
+		else if (pss && pss->session)
+		{
+			start_close(pss->session, CLOSE_INTERNAL, "internal");
+			rc = (reason == LWS_CALLBACK_CLOSED) ? 0 : -1;
+		}
+		else
+			rc = (reason == LWS_CALLBACK_CLOSED) ? 0 : -1;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(scratch());
+	return rc;
+}
+
+/*
+ * LWS_CALLBACK_WSI_DESTROY (lws delivers it to the HTTP protocol, with the
+ * WebSocket protocol's user data): free a session that never got to
+ * LWS_CALLBACK_CLOSED (its handshake failed after the filter).
+ */
+void
+rtsub_session_wsi_destroy(void *user)
+{
+	WsPss	   *pss = (WsPss *) user;
+	RtsubSession *s = pss ? pss->session : NULL;
+	MemoryContext old;
+
+	if (s == NULL)
+		return;
+	pss->session = NULL;
+	old = MemoryContextSwitchTo(scratch());
+	PG_TRY();
+	{
+		session_destroy(s);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(scratch());
+		EmitErrorReport();
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(scratch());
+}
+
+/* ----------------------------------------------------------------------
+ * server shutdown
+ * ----------------------------------------------------------------------
+ */
+
+/* start closing every session with 1001; returns how many there are */
+int
+rtsub_sessions_close_all(void)
+{
+	dlist_iter	it;
+
+	if (tick_scheduled)
+	{
+		lws_sul_cancel(&tick_sul);
+		tick_scheduled = false;
+	}
+	tick_context = NULL;
+	dlist_foreach(it, &sessions)
+	{
+		RtsubSession *s = dlist_container(RtsubSession, node, it.cur);
+
+		start_close(s, CLOSE_GOING_AWAY, "server shutting down");
+	}
+	return nsessions;
+}
+
+/* the number of established sessions */
+int
+rtsub_sessions_count(void)
+{
+	return nsessions;
+}
