@@ -46,5 +46,6 @@ test:
 	bash test/run
 bench:
 	bash test/bench/run
+	bash test/bench/run-eval
 demo:
 	bash test/demo

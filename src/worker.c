@@ -28,6 +28,8 @@
  */
 #include "postgres.h"
 
+#include <sys/resource.h>
+
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -96,6 +98,29 @@ worker_exit(int code, Datum arg)
 		rtsub_stream_close();
 	rtsub_ws_stop();
 	rtsub_shared_set_state(RTSUB_SERVER_STOPPED, 0);
+}
+
+/*
+ * Every client is a socket: raise the soft limit on open files to the hard
+ * one (Debian's default soft limit of 1024 would cap the server near 1,000
+ * clients and starve PostgreSQL's own file access).
+ */
+static void
+raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max)
+		return;
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+		ereport(LOG,
+				(errmsg("rtsub: could not raise the open files limit: %m")));
+	if (rl.rlim_max < (rlim_t) rtsub_max_connections + 1024)
+		ereport(WARNING,
+				(errmsg("rtsub server can open at most %lu files, fewer than rtsub.max_connections (%d) needs",
+						(unsigned long) rl.rlim_max, rtsub_max_connections),
+				 errhint("Raise the hard limit on open files (LimitNOFILE, ulimit -Hn) of the PostgreSQL service.")));
 }
 
 /* start listening; on failure log (throttled) and exit to be restarted */
@@ -207,6 +232,7 @@ rtsub_worker_main(Datum main_arg)
 	before_shmem_exit(worker_exit, (Datum) 0);
 
 	BackgroundWorkerInitializeConnection(rtsub_database, NULL, 0);
+	raise_fd_limit();
 
 	start_serving();
 	rtsub_shared_set_state(RTSUB_SERVER_RUNNING, rtsub_ws_port());
