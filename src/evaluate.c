@@ -62,6 +62,8 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
+#include "rewrite/rowsecurity.h"
 #include "utils/snapmgr.h"
 
 #include "encode.h"
@@ -84,6 +86,9 @@ struct RtsubSubscription
 	List	   *permissive;		/* ExprState *, policies for the role */
 	List	   *restrictive;
 	bool		has_policies;	/* the table has policies for the role */
+	bool		has_rls;		/* native row-level security applies */
+	List	   *rls_permissive; /* ExprState *, the table's own RLS policies */
+	List	   *rls_restrictive;
 	ParamListInfo params;
 	int			ncols;
 	RtsubColumn *cols;			/* permitted and selected, in table order */
@@ -200,6 +205,21 @@ fold_claims(Node *node, ClaimsContext *cc)
 	return expression_tree_mutator(node, fold_claims, cc);
 }
 
+/*
+ * fold claims, plan and compile an analyzed expression; claims are folded
+ * again after planning, which inlines SQL functions (such as Supabase's
+ * auth.uid()) that read them
+ */
+static ExprState *
+compile_tree(Node *expr, ClaimsContext *cc)
+{
+	expr = fold_claims(expr, cc);
+	expr = (Node *) expression_planner((Expr *) expr);
+	expr = fold_claims(expr, cc);
+	expr = (Node *) expression_planner((Expr *) expr);
+	return ExecInitExpr((Expr *) expr, NULL);
+}
+
 /* analyze, fold claims, plan and compile one expression */
 static ExprState *
 compile_expression(Relation rel, const char *source, RtsubExprKind kind,
@@ -208,9 +228,7 @@ compile_expression(Relation rel, const char *source, RtsubExprKind kind,
 	Node	   *expr = rtsub_parse_row_expression(rel, source, kind, nparams,
 												  names, types);
 
-	expr = fold_claims(expr, cc);
-	expr = (Node *) expression_planner((Expr *) expr);
-	return ExecInitExpr((Expr *) expr, NULL);
+	return compile_tree(expr, cc);
 }
 
 /* the Vars an expression uses must be columns the role may SELECT */
@@ -337,6 +355,55 @@ build_columns(RtsubSubscription *sub, Relation rel, Bitmapset *sent,
 						  att->atttypid, format, sub->cxt);
 		sub->ncols++;
 	}
+}
+
+/*
+ * Compile the table's own SELECT policies that apply to the subscription's
+ * role, as PostgreSQL would apply them to that role's SELECT.  Policies
+ * with subqueries cannot be evaluated in-process yet: the subscription is
+ * refused rather than evaluated wrongly.
+ */
+static const char *
+compile_native_rls(RtsubSubscription *sub, Relation rel, ClaimsContext *cc,
+				   char **detail)
+{
+	ListCell   *lc;
+
+	sub->has_rls = true;		/* enabled with no applicable policy: no row */
+	if (rel->rd_rsdesc == NULL)
+		return NULL;
+	foreach(lc, rel->rd_rsdesc->policies)
+	{
+		RowSecurityPolicy *p = lfirst(lc);
+		Datum	   *elems;
+		bool	   *nulls;
+		int			n;
+		int			i;
+		bool		applies = false;
+
+		if (p->polcmd != '*' && p->polcmd != ACL_SELECT_CHR)
+			continue;
+		deconstruct_array(p->roles, OIDOID, sizeof(Oid), true, TYPALIGN_INT,
+						  &elems, &nulls, &n);
+		for (i = 0; i < n && !applies; i++)
+			applies = DatumGetObjectId(elems[i]) == ACL_ID_PUBLIC ||
+				has_privs_of_role(sub->roleid, DatumGetObjectId(elems[i]));
+		if (!applies || p->qual == NULL)
+			continue;
+		if (p->hassublinks)
+		{
+			*detail = psprintf("Row-level security policy \"%s\" of table %s uses a subquery, which the rtsub server cannot evaluate per change.",
+							   p->policy_name, RelationGetRelationName(rel));
+			return "forbidden";
+		}
+		if (p->permissive)
+			sub->rls_permissive = lappend(sub->rls_permissive,
+										  compile_tree(copyObject((Node *) p->qual), cc));
+		else
+			sub->rls_restrictive = lappend(sub->rls_restrictive,
+										   compile_tree(copyObject((Node *) p->qual), cc));
+	}
+	return NULL;
 }
 
 /* open a subscription inside the current transaction; see session.h */
@@ -517,6 +584,22 @@ open_in_transaction(RtsubSession *session, const RtsubClientIdentity *who,
 			sub->restrictive = lappend(sub->restrictive, state);
 	}
 
+	/* the table's own row-level security, when published with native_rls */
+	argtypes[0] = OIDOID;
+	args[0] = ObjectIdGetDatum(sub->relid);
+	if (SPI_execute_with_args("SELECT native_rls FROM rtsub.publication WHERE relid = $1",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read rtsub.publication");
+	MemoryContextSwitchTo(sub->cxt);
+	if (SPI_processed == 1 &&
+		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) &&
+		check_enable_rls(sub->relid, sub->roleid, true) == RLS_ENABLED)
+	{
+		code = compile_native_rls(sub, rel, &cc, detail);
+		if (code)
+			goto fail;
+	}
+
 	build_columns(sub, rel, sent, rtsub_session_format(session));
 	table_close(rel, AccessShareLock);
 	return NULL;
@@ -665,6 +748,30 @@ row_visible(RtsubSubscription *sub, ExprContext *econtext)
 				return false;
 		}
 	}
+	if (sub->has_rls)
+	{
+		bool		any = false;
+
+		foreach(lc, sub->rls_permissive)
+		{
+			Datum		d = ExecEvalExprSwitchContext(lfirst(lc), econtext, &isnull);
+
+			if (!isnull && DatumGetBool(d))
+			{
+				any = true;
+				break;
+			}
+		}
+		if (!any)
+			return false;
+		foreach(lc, sub->rls_restrictive)
+		{
+			Datum		d = ExecEvalExprSwitchContext(lfirst(lc), econtext, &isnull);
+
+			if (isnull || !DatumGetBool(d))
+				return false;
+		}
+	}
 	return true;
 }
 
@@ -751,7 +858,8 @@ evaluate_one(RtsubSubscription *sub, const RtsubChange *c,
 	bool		new_vis = false;
 	bool		old_vis = false;
 	bool		old_known;
-	bool		unfiltered = (sub->filter == NULL && !sub->has_policies);
+	bool		unfiltered = (sub->filter == NULL && !sub->has_policies &&
+							  !sub->has_rls);
 
 	if (c->newtup != NULL)
 	{

@@ -112,7 +112,8 @@ before(async () => {
 
 after(async () => {
   for (const ws of opened) ws.terminate();
-  await db.query('DROP TABLE IF EXISTS sub_tasks CASCADE');
+  await db.query('DROP TABLE IF EXISTS sub_tasks, sub_rls, sub_rls_sublink CASCADE');
+  await db.query('DROP FUNCTION IF EXISTS sub_uid()');
   await db.end();
 });
 
@@ -190,3 +191,37 @@ for (const format of ['json', 'msgpack']) {
     other.ws.close();
   });
 }
+
+test('native row-level security of the table, PostgREST/Supabase style', async () => {
+  await db.query('DROP TABLE IF EXISTS sub_rls, sub_rls_sublink CASCADE');
+  await db.query('CREATE TABLE sub_rls (id int PRIMARY KEY, owner text, v text)');
+  await db.query('GRANT SELECT ON sub_rls TO rt_sub_user');
+  // like Supabase's auth.uid(): a SQL function reading the claims setting
+  await db.query(`CREATE OR REPLACE FUNCTION sub_uid() RETURNS text LANGUAGE sql STABLE
+      AS $$ SELECT current_setting('request.jwt.claims', true)::jsonb ->> 'sub' $$`);
+  await db.query('ALTER TABLE sub_rls ENABLE ROW LEVEL SECURITY');
+  await db.query('CREATE POLICY own ON sub_rls FOR SELECT TO rt_sub_user USING (owner = sub_uid())');
+  await db.query("SELECT rtsub.publish('sub_rls', native_rls => true, replica_identity_full => true)");
+  await db.query("SELECT rtsub.create_subscription('rls_all', 'sub_rls')");
+  const alice = await connect({ sub: 'alice', org: 1 });
+  const bob = await connect({ sub: 'bob', org: 1 });
+  assert.equal((await subscribe(alice, 'r', 'rls_all')).type, 'subscribed');
+  assert.equal((await subscribe(bob, 'r', 'rls_all')).type, 'subscribed');
+  await db.query("INSERT INTO sub_rls VALUES (1, 'alice', 'a'), (2, 'bob', 'b'), (3, 'alice', 'c')");
+  await db.query("UPDATE sub_rls SET owner = 'bob' WHERE id = 3");   // moves from alice to bob
+  assert.equal(summary(await alice.changes('r')), 'insert:1 insert:3 delete:3');
+  assert.equal(summary(await bob.changes('r', 0)), 'insert:2 insert:3');
+
+  // a policy with a subquery cannot be evaluated per change: refused, not ignored
+  await db.query('CREATE TABLE sub_rls_sublink (id int PRIMARY KEY, owner text)');
+  await db.query('GRANT SELECT ON sub_rls_sublink TO rt_sub_user');
+  await db.query('ALTER TABLE sub_rls_sublink ENABLE ROW LEVEL SECURITY');
+  await db.query('CREATE POLICY viaq ON sub_rls_sublink FOR SELECT TO rt_sub_user USING (owner IN (SELECT owner FROM sub_rls))');
+  await db.query("SELECT rtsub.publish('sub_rls_sublink', native_rls => true)");
+  await db.query("SELECT rtsub.create_subscription('rls_sublink', 'sub_rls_sublink')");
+  const r = await subscribe(alice, 'q', 'rls_sublink');
+  assert.equal(r.code, 'forbidden', JSON.stringify(r));
+  assert.match(r.message, /subquery/);
+  alice.ws.close();
+  bob.ws.close();
+});
