@@ -1,12 +1,22 @@
 /*-------------------------------------------------------------------------
  *
  * session.c
- *	  Client sessions of the rtsub server: the WebSocket endpoint /v1/ws
- *	  (docs/protocol.md).  Owns the handshake checks (path, subprotocol,
- *	  Origin, token), each session's state (identity, subscriptions, receive
- *	  buffer, send queue, rate limit), the protocol messages, and the timers
- *	  (authentication deadline, token expiry, heartbeats).  ws_server.c owns
- *	  the libwebsockets context and routes the WebSocket callbacks here.
+ *	  Client sessions of the rtsub server: the WebSocket endpoint /v1/ws and
+ *	  the Server-Sent Events endpoint /v1/sse (docs/protocol.md).  Owns the
+ *	  handshake checks (path, subprotocol, Origin, token), each session's
+ *	  state (identity, subscriptions, receive buffer, send queue, rate
+ *	  limit), the protocol messages, and the timers (authentication
+ *	  deadline, token expiry, heartbeats).  ws_server.c owns the
+ *	  libwebsockets context and routes the WebSocket callbacks, and the HTTP
+ *	  callbacks of /v1/sse, here.
+ *
+ *	  SSE.  An SSE stream is a session of kind SESSION_SSE on an HTTP
+ *	  connection: always JSON, one subscription opened from the request's
+ *	  query, no client messages.  rtsub_session_send() frames each protocol
+ *	  message as an SSE event (event: <type>, id: <event id> for changes,
+ *	  data: the JSON), so the subscription engine sends to both kinds alike.
+ *	  Ending a stream writes a last `error` event (where there is a reason
+ *	  to tell) and closes the connection once it is flushed.
  *
  *	  Everything runs in the server worker's one thread: lws callbacks inside
  *	  rtsub_ws_service(), and rtsub_session_send() called by the subscription
@@ -38,10 +48,13 @@
 
 #include "access/xact.h"
 #include "access/xlogdefs.h"
+#include "common/jsonapi.h"
 #include "lib/ilist.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/varlena.h"
@@ -54,12 +67,14 @@
 #include "ws_server.h"
 
 #define WS_PATH				"/v1/ws"
+#define SSE_SUB_ID			"sse"	/* the id of an SSE stream's subscription */
 #define SERVER_NAME			"rtsub/0.1"
 #define AUTH_TIMEOUT_MS		5000	/* for the first message `auth` */
 #define TICK_US				(250 * 1000)	/* timer resolution */
 #define MAX_WRITES_PER_CALLBACK 64	/* messages per writable callback */
 #define RATE_STREAK_CLOSE	3	/* consecutive seconds over the rate: 4008 */
 #define CLOSE_ACK_TIMEOUT_S	2	/* wait for the client's close after ours */
+#define SSE_PEEK_TICKS		4	/* look for closed SSE clients every 4 ticks */
 
 /*
  * lws_write()'s close-frame type: LWS_WRITE_CLOSE is private in lws 4.1
@@ -75,6 +90,7 @@
 #define CLOSE_AUTH			4401
 #define CLOSE_RATE			4008
 #define CLOSE_SLOW			4009
+#define CLOSE_CLIENT_GONE	0		/* SSE: the client closed first */
 
 /* one queued message */
 typedef struct SendItem
@@ -93,17 +109,25 @@ typedef struct SessionSub
 	RtsubSubscription *sub;
 } SessionSub;
 
+typedef enum SessionKind
+{
+	SESSION_WS,					/* a WebSocket connection (/v1/ws) */
+	SESSION_SSE					/* a Server-Sent Events stream (/v1/sse) */
+} SessionKind;
+
 struct RtsubSession
 {
 	dlist_node	node;			/* in sessions, once established */
 	struct lws *wsi;			/* NULL once lws forgot the connection */
 	MemoryContext cxt;			/* holds the session and its strings */
-	RtsubFormat format;
+	SessionKind kind;
+	RtsubFormat format;			/* SSE: always JSON */
 	char		remote[64];		/* peer address, for the audit log */
 	bool		established;
 	bool		authenticated;
 	bool		closing;		/* a close is pending: send nothing more */
-	bool		close_sent;		/* the close frame is written */
+	bool		close_sent;		/* the close frame (SSE: the last event) is
+								 * written */
 	int			close_code;
 	char		close_reason[124];
 
@@ -148,6 +172,7 @@ static MemoryContext scratch_cxt = NULL;
 static lws_sorted_usec_list_t tick_sul;
 static struct lws_context *tick_context = NULL;
 static bool tick_scheduled = false;
+static uint64 tick_count = 0;
 
 /* the JWT settings the keys were loaded from (see auth_keys_current) */
 static char *seen_jwt_settings = NULL;
@@ -620,9 +645,13 @@ drop_queue(RtsubSession *s)
 	s->queued_bytes = 0;
 }
 
-/* queue one message; see session.h */
-bool
-rtsub_session_send(RtsubSession *s, const char *data, size_t len)
+/*
+ * Queue bytes as they go on the wire (copied): a WebSocket message, or SSE
+ * text.  False if the session is closing, or when the queue would pass
+ * rtsub.max_send_buffer: then the session closes as a slow consumer.
+ */
+static bool
+enqueue(RtsubSession *s, const char *data, size_t len)
 {
 	SendItem   *item;
 
@@ -631,8 +660,9 @@ rtsub_session_send(RtsubSession *s, const char *data, size_t len)
 	if (s->queued_bytes + len > (size_t) rtsub_max_send_buffer)
 	{
 		count(&rtsub_shared->ws_slow_consumers, 1);
-		audit("slow consumer closed: %s (role %s): more than %d bytes queued",
-			  s->remote, s->role ? s->role : "-", rtsub_max_send_buffer);
+		audit("slow consumer closed: %s (role %s%s): more than %d bytes queued",
+			  s->remote, s->role ? s->role : "-",
+			  s->kind == SESSION_SSE ? ", SSE" : "", rtsub_max_send_buffer);
 		start_close(s, CLOSE_SLOW, "slow_consumer");
 		return false;
 	}
@@ -649,6 +679,144 @@ rtsub_session_send(RtsubSession *s, const char *data, size_t len)
 	s->last_sent_ms = now_unix_ms();
 	lws_callback_on_writable(s->wsi);
 	return true;
+}
+
+/*
+ * From a JSON protocol message (an object whose first key is "type", as
+ * protocol.c and evaluate.c build them): its type, and the event id an SSE
+ * event carries as its id: field — "event" of the message itself (change,
+ * message) or of the last element of "events" (changes, where the event
+ * objects are at depth 3).  Strings that are not found are left empty.
+ * Both buffers have room for RTSUB_PROTO_MAX_EVENT bytes and the NUL.
+ */
+static void
+sse_scan(const char *p, size_t len, char *type, char *event)
+{
+	int			depth = 0;
+	int			event_depth = 1;
+	const char *key = NULL;
+	size_t		keylen = 0;
+	int			keydepth = -1;
+	bool		after_colon = false;
+	size_t		i = 0;
+
+	type[0] = event[0] = '\0';
+	while (i < len)
+	{
+		char		c = p[i];
+
+		if (c == '"')
+		{
+			size_t		start = ++i;
+			size_t		slen;
+
+			while (i < len && p[i] != '"')
+				i += (p[i] == '\\') ? 2 : 1;
+			if (i >= len)
+				return;
+			slen = i - start;
+			i++;
+			if (after_colon)
+			{
+				/* the string value of key */
+				after_colon = false;
+				if (slen > RTSUB_PROTO_MAX_EVENT)
+					continue;
+				if (keydepth == 1 && keylen == 4 && memcmp(key, "type", 4) == 0)
+				{
+					memcpy(type, p + start, slen);
+					type[slen] = '\0';
+					if (strcmp(type, "changes") == 0)
+						event_depth = 3;
+				}
+				else if (keydepth == event_depth && keylen == 5 &&
+						 memcmp(key, "event", 5) == 0)
+				{
+					memcpy(event, p + start, slen);
+					event[slen] = '\0';
+					if (event_depth == 1)
+						return;		/* the type came first: done */
+				}
+				continue;
+			}
+			/* a key when a colon follows */
+			{
+				size_t		j = i;
+
+				while (j < len && (p[j] == ' ' || p[j] == '\t' ||
+								   p[j] == '\n' || p[j] == '\r'))
+					j++;
+				if (j < len && p[j] == ':')
+				{
+					key = p + start;
+					keylen = slen;
+					keydepth = depth;
+					after_colon = true;
+					i = j + 1;
+				}
+			}
+			continue;
+		}
+		if (c == '{' || c == '[')
+			depth++;
+		else if (c == '}' || c == ']')
+			depth--;
+		if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
+			after_colon = false;
+		i++;
+	}
+}
+
+/*
+ * One protocol message (JSON) as an SSE event: "id:" (the event id, for
+ * change, changes and message), "event:" (the message's type), and the
+ * message as "data:".  rtsub's JSON never contains a raw line break
+ * (encode_json.c), but one would start a new data: line, as SSE requires.
+ */
+static void
+sse_event(StringInfo out, const char *data, size_t len)
+{
+	char		type[RTSUB_PROTO_MAX_EVENT + 1];
+	char		event[RTSUB_PROTO_MAX_EVENT + 1];
+	size_t		start = 0;
+	size_t		i;
+
+	sse_scan(data, len, type, event);
+	if (event[0] != '\0' &&
+		(strcmp(type, "change") == 0 || strcmp(type, "changes") == 0 ||
+		 strcmp(type, "message") == 0))
+		appendStringInfo(out, "id: %s\n", event);
+	appendStringInfo(out, "event: %s\n", type[0] ? type : "message");
+	for (i = 0; i <= len; i++)
+	{
+		if (i < len && data[i] != '\n' && data[i] != '\r')
+			continue;
+		appendStringInfoString(out, "data: ");
+		appendBinaryStringInfo(out, data + start, (int) (i - start));
+		appendStringInfoChar(out, '\n');
+		if (i + 1 < len && data[i] == '\r' && data[i + 1] == '\n')
+			i++;
+		start = i + 1;
+	}
+	appendStringInfoChar(out, '\n');
+}
+
+/* queue one message; see session.h */
+bool
+rtsub_session_send(RtsubSession *s, const char *data, size_t len)
+{
+	StringInfoData buf;
+	bool		ok;
+
+	if (s == NULL || s->kind != SESSION_SSE)
+		return enqueue(s, data, len);
+	if (s->closing || s->wsi == NULL)
+		return false;
+	initStringInfo(&buf);
+	sse_event(&buf, data, len);
+	ok = enqueue(s, buf.data, buf.len);
+	pfree(buf.data);
+	return ok;
 }
 
 /* the session's wire format */
@@ -757,6 +925,99 @@ on_writeable(struct lws *wsi, RtsubSession *s)
 
 		s->queued_bytes -= item->len;
 		written = lws_write(wsi, item->buf + LWS_PRE, item->len, kind);
+		if (written < (int) item->len)
+		{
+			free(item);
+			return -1;			/* the connection failed */
+		}
+		if (rtsub_shared)
+		{
+			pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
+			pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
+		}
+		free(item);
+		n++;
+		if (lws_send_pipe_choked(wsi))
+			break;
+	}
+	if (!dlist_is_empty(&s->queue))
+		lws_callback_on_writable(wsi);
+	return 0;
+}
+
+/*
+ * The last event of an SSE stream that ends for reason (start_close's):
+ * an `error` with the reason as its code; nothing when the server shuts
+ * down (the client reconnects).  Appended to out; false when none.
+ */
+static bool
+sse_last_event(RtsubSession *s, StringInfo out)
+{
+	StringInfoData msg;
+	const char *code = s->close_reason;
+	const char *message;
+
+	if (s->close_code == CLOSE_GOING_AWAY || s->close_code == CLOSE_CLIENT_GONE)
+		return false;
+	if (s->close_code == CLOSE_INTERNAL)
+		code = "internal";
+	if (strcmp(s->close_reason, "token_expired") == 0)
+		message = "the token expired: reconnect with a new token";
+	else if (strcmp(s->close_reason, "slow_consumer") == 0)
+		message = "the stream fell behind by more than rtsub.max_send_buffer bytes";
+	else
+		message = "the server ended the stream";
+	initStringInfo(&msg);
+	rtsub_msg_error(&msg, RTSUB_FORMAT_JSON, code, message, NULL);
+	sse_event(out, msg.data, msg.len);
+	pfree(msg.data);
+	return true;
+}
+
+/*
+ * LWS_CALLBACK_HTTP_WRITEABLE of an SSE stream: queued events, or the end
+ * of the stream: the last event, then (on the next writable callback, once
+ * lws has flushed it) closing the connection.
+ */
+static int
+sse_on_writeable(struct lws *wsi, RtsubSession *s)
+{
+	int			n = 0;
+
+	if (s->closing)
+	{
+		StringInfoData last;
+
+		if (s->close_sent)
+			return -1;
+		s->close_sent = true;
+		initStringInfo(&last);
+		if (!sse_last_event(s, &last))
+			return -1;
+		{
+			unsigned char *buf = palloc(LWS_PRE + last.len);
+
+			memcpy(buf + LWS_PRE, last.data, last.len);
+			if (lws_write(wsi, buf + LWS_PRE, last.len, LWS_WRITE_HTTP) < last.len)
+				return -1;
+		}
+		if (rtsub_shared)
+		{
+			pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
+			pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, last.len);
+		}
+		lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, CLOSE_ACK_TIMEOUT_S);
+		lws_callback_on_writable(wsi);
+		return 0;
+	}
+
+	while (!dlist_is_empty(&s->queue) && n < MAX_WRITES_PER_CALLBACK)
+	{
+		SendItem   *item = dlist_container(SendItem, node, dlist_pop_head_node(&s->queue));
+		int			written;
+
+		s->queued_bytes -= item->len;
+		written = lws_write(wsi, item->buf + LWS_PRE, item->len, LWS_WRITE_HTTP);
 		if (written < (int) item->len)
 		{
 			free(item);
@@ -1192,8 +1453,10 @@ session_destroy(RtsubSession *s)
 	{
 		dlist_delete(&s->node);
 		nsessions--;
-		count(&rtsub_shared->ws_sessions_open, -1);
-		audit("connection closed: %s (role %s)%s%s", s->remote,
+		count(s->kind == SESSION_SSE ? &rtsub_shared->sse_sessions_open :
+			  &rtsub_shared->ws_sessions_open, -1);
+		audit("%s closed: %s (role %s)%s%s",
+			  s->kind == SESSION_SSE ? "SSE stream" : "connection", s->remote,
 			  s->role ? s->role : "-",
 			  s->closing ? ": " : "", s->closing ? s->close_reason : "");
 	}
@@ -1215,6 +1478,30 @@ session_destroy(RtsubSession *s)
  * ----------------------------------------------------------------------
  */
 
+/*
+ * Whether the client of an SSE stream has closed its connection.  lws does
+ * not read from an HTTP connection while its response is being written, so
+ * it would notice only when a write fails: look at the socket instead (end
+ * of stream or an error; data the client sent is left alone).
+ */
+static bool
+sse_client_gone(RtsubSession *s)
+{
+	lws_sockfd_type fd;
+	char		c;
+	ssize_t		n;
+
+	if (s->wsi == NULL)
+		return false;
+	fd = lws_get_socket_fd(s->wsi);
+	if (fd < 0)
+		return false;
+	n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+	if (n == 0)
+		return true;
+	return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
+
 /* every TICK_US while sessions exist: deadlines, expiry, heartbeats */
 static void
 tick(lws_sorted_usec_list_t *sul)
@@ -1222,10 +1509,11 @@ tick(lws_sorted_usec_list_t *sul)
 	MemoryContext old = MemoryContextSwitchTo(scratch());
 
 	tick_scheduled = false;
+	tick_count++;
 	PG_TRY();
 	{
 		int64		now = now_unix_ms();
-		StringInfoData hb[2];
+		StringInfoData hb[3];	/* JSON, MessagePack, SSE comment */
 		bool		hb_built = false;
 		dlist_iter	it;
 
@@ -1235,6 +1523,12 @@ tick(lws_sorted_usec_list_t *sul)
 
 			if (s->closing)
 				continue;
+			if (s->kind == SESSION_SSE && tick_count % SSE_PEEK_TICKS == 0 &&
+				sse_client_gone(s))
+			{
+				start_close(s, CLOSE_CLIENT_GONE, "client closed the connection");
+				continue;
+			}
 			if (!s->authenticated)
 			{
 				if (now >= s->auth_deadline_ms)
@@ -1249,7 +1543,8 @@ tick(lws_sorted_usec_list_t *sul)
 			if (s->exp != PG_INT64_MIN &&
 				now >= (s->exp + rtsub_jwt_leeway) * 1000)
 			{
-				audit("connection closed: %s (role %s): token expired",
+				audit("%s closed: %s (role %s): token expired",
+					  s->kind == SESSION_SSE ? "SSE stream" : "connection",
 					  s->remote, s->role);
 				start_close(s, CLOSE_AUTH, "token_expired");
 				continue;
@@ -1266,9 +1561,14 @@ tick(lws_sorted_usec_list_t *sul)
 					rtsub_msg_heartbeat(&hb[0], RTSUB_FORMAT_JSON, at);
 					initStringInfo(&hb[1]);
 					rtsub_msg_heartbeat(&hb[1], RTSUB_FORMAT_MSGPACK, at);
+					initStringInfo(&hb[2]);
+					appendStringInfo(&hb[2], ": hb %s\n\n", at);
 					hb_built = true;
 				}
-				send_buf(s, &hb[s->format == RTSUB_FORMAT_MSGPACK ? 1 : 0]);
+				if (s->kind == SESSION_SSE)
+					(void) enqueue(s, hb[2].data, hb[2].len);
+				else
+					send_buf(s, &hb[s->format == RTSUB_FORMAT_MSGPACK ? 1 : 0]);
 			}
 		}
 	}
@@ -1411,6 +1711,327 @@ rtsub_session_wsi_destroy(void *user)
 		return;
 	pss->session = NULL;
 	old = MemoryContextSwitchTo(scratch());
+	PG_TRY();
+	{
+		session_destroy(s);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(scratch());
+		EmitErrorReport();
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(scratch());
+}
+
+/* ----------------------------------------------------------------------
+ * Server-Sent Events: GET /v1/sse
+ * ----------------------------------------------------------------------
+ */
+
+/* the session of an SSE request being opened: freed if an ERROR interrupts */
+static RtsubSession *sse_opening = NULL;
+
+/* a query parameter, URL-decoded by lws (palloc'd), or NULL when absent */
+static char *
+query_arg(struct lws *wsi, const char *name_eq)
+{
+	char		buf[4096];		/* the whole request head is at most 4 kB */
+	const char *v = lws_get_urlarg_by_name(wsi, name_eq, buf, sizeof(buf));
+
+	return v ? pstrdup(v) : NULL;
+}
+
+/* whether text is one valid JSON object */
+static bool
+json_object_text(char *text)
+{
+	const char *p = text;
+	JsonLexContext *lex;
+
+	while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+		p++;
+	if (*p != '{')
+		return false;
+	lex = makeJsonLexContextCstringLen(text, strlen(text), GetDatabaseEncoding(), false);
+	return pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
+}
+
+/* refuse an SSE request with an HTTP error (JSON body); see ws_server.c */
+static int
+sse_refuse(struct lws *wsi, int status, const char *code, const char *message)
+{
+	char		peer[64];
+
+	count(&rtsub_shared->sse_sessions_refused, 1);
+	lws_get_peer_simple(wsi, peer, sizeof(peer));
+	audit("SSE stream refused from %s: %d %s: %s", peer, status, code, message);
+	return rtsub_http_error(wsi, status, code, message);
+}
+
+/* write the 200 response head of an SSE stream (no length: until close) */
+static int
+sse_write_headers(struct lws *wsi)
+{
+	unsigned char headers[LWS_PRE + 512];
+	unsigned char *start = headers + LWS_PRE;
+	unsigned char *p = start;
+	unsigned char *end = headers + sizeof(headers) - 1;
+
+	if (lws_add_http_common_headers(wsi, HTTP_STATUS_OK, "text/event-stream",
+									LWS_ILLEGAL_HTTP_CONTENT_LEN, &p, end) ||
+		lws_add_http_header_by_name(wsi, (const unsigned char *) "cache-control:",
+									(const unsigned char *) "no-store", 8, &p, end) ||
+		lws_add_http_header_by_name(wsi, (const unsigned char *) "x-accel-buffering:",
+									(const unsigned char *) "no", 2, &p, end) ||
+		lws_add_http_header_by_name(wsi, (const unsigned char *) "x-content-type-options:",
+									(const unsigned char *) "nosniff", 7, &p, end) ||
+		lws_finalize_write_http_header(wsi, start, &p, end))
+		return -1;
+	if (rtsub_shared)
+		pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, p - start);
+	return 0;
+}
+
+/*
+ * The subscribe message an SSE request stands for, from its query
+ * (subscription, params, batchSize, includeMetadata), checked by the
+ * protocol parser.  NULL on success, else an error code with *detail.
+ */
+static const char *
+sse_subscribe_msg(struct lws *wsi, RtsubClientMsg *msg, char **detail)
+{
+	char	   *name = query_arg(wsi, "subscription=");
+	char	   *params = query_arg(wsi, "params=");
+	char	   *batch = query_arg(wsi, "batchSize=");
+	char	   *meta = query_arg(wsi, "includeMetadata=");
+	StringInfoData req;
+
+	if (name == NULL || name[0] == '\0')
+	{
+		*detail = "the query parameter subscription is required";
+		return RTSUB_ERR_BAD_FIELD;
+	}
+	initStringInfo(&req);
+	appendStringInfoString(&req, "{\"type\":\"subscribe\",\"id\":\"" SSE_SUB_ID "\",\"subscription\":");
+	escape_json(&req, name);
+	if (params != NULL)
+	{
+		if (!json_object_text(params))
+		{
+			*detail = "the query parameter params must be a JSON object";
+			return "bad_params";
+		}
+		appendStringInfo(&req, ",\"params\":%s", params);
+	}
+	if (batch != NULL)
+	{
+		if (batch[0] == '\0' || strlen(batch) > 9 || strspn(batch, "0123456789") != strlen(batch))
+		{
+			*detail = "the query parameter batchSize must be an integer from 1 to 1000";
+			return RTSUB_ERR_BAD_FIELD;
+		}
+		appendStringInfo(&req, ",\"batchSize\":%s", batch);
+	}
+	if (meta != NULL)
+	{
+		bool		on;
+
+		if (!parse_bool(meta, &on))
+		{
+			*detail = "the query parameter includeMetadata must be true or false";
+			return RTSUB_ERR_BAD_FIELD;
+		}
+		appendStringInfo(&req, ",\"includeMetadata\":%s", on ? "true" : "false");
+	}
+	appendStringInfoChar(&req, '}');
+	return rtsub_parse_client_message(req.data, req.len, RTSUB_FORMAT_JSON, msg, detail);
+}
+
+/* the HTTP status of a subscribe error */
+static int
+sse_error_status(const char *code)
+{
+	if (strcmp(code, "unknown_subscription") == 0)
+		return 404;
+	if (strcmp(code, "forbidden") == 0)
+		return 403;
+	if (strcmp(code, "internal") == 0)
+		return 500;
+	return 400;
+}
+
+/*
+ * GET /v1/sse: Origin, token, role, the subscription; every refusal is an
+ * HTTP error before anything else is written.  On success the stream's
+ * head goes out, then welcome and subscribed; *handle is the session.
+ */
+static int
+sse_request(struct lws *wsi, void **handle)
+{
+	char	   *origin;
+	char	   *token;
+	bool		not_bearer;
+	RtsubToken	tok;
+	const char *code;
+	const char *message;
+	RtsubClientMsg msg;
+	char	   *detail = NULL;
+	RtsubSession *s;
+	RtsubClientIdentity who;
+	RtsubSubscription *sub = NULL;
+	XLogRecPtr	live_from = InvalidXLogRecPtr;
+	SessionSub *ss;
+	StringInfoData buf;
+
+	if (!origin_allowed(wsi, &origin))
+		return sse_refuse(wsi, 403, "origin_not_allowed",
+						  psprintf("origin \"%s\" is not allowed", origin));
+	token = handshake_token(wsi, &not_bearer);
+	if (not_bearer)
+	{
+		count(&rtsub_shared->ws_auth_failures, 1);
+		return sse_refuse(wsi, 401, "token_malformed",
+						  "the Authorization header is not a Bearer token");
+	}
+	if (token == NULL)
+	{
+		count(&rtsub_shared->ws_auth_failures, 1);
+		return sse_refuse(wsi, 401, "auth_required",
+						  "a token is required: Authorization: Bearer or the query parameter access_token");
+	}
+	code = authenticate(token, &tok, &message);
+	if (code != NULL)
+	{
+		count(&rtsub_shared->ws_auth_failures, 1);
+		return sse_refuse(wsi, 401, code, message);
+	}
+	code = sse_subscribe_msg(wsi, &msg, &detail);
+	if (code != NULL)
+		return sse_refuse(wsi, 400, code, detail ? detail : code);
+
+	s = session_create(wsi, RTSUB_FORMAT_JSON);
+	s->kind = SESSION_SSE;
+	sse_opening = s;
+	session_set_identity(s, &tok);
+	identity(s, &who);
+	code = rtsub_subscription_open(s, &who, &msg, &sub, &live_from, &detail);
+	if (code != NULL)
+	{
+		sse_opening = NULL;
+		MemoryContextDelete(s->cxt);
+		audit("subscribe denied: %s (role %s, SSE) subscription \"%s\": %s: %s",
+			  s->remote, tok.role, msg.subscription, code, detail ? detail : "");
+		return sse_refuse(wsi, sse_error_status(code), code, detail ? detail : code);
+	}
+	ss = MemoryContextAllocZero(s->cxt, sizeof(SessionSub));
+	ss->id = MemoryContextStrdup(s->cxt, msg.id);
+	ss->name = MemoryContextStrdup(s->cxt, msg.subscription);
+	ss->sub = sub;
+	dlist_push_tail(&s->subs, &ss->node);
+	s->nsubs++;
+
+	/* established: from here on lws's close callbacks destroy the session */
+	s->established = true;
+	dlist_push_tail(&sessions, &s->node);
+	nsessions++;
+	*handle = s;
+	sse_opening = NULL;
+	count(&rtsub_shared->sse_sessions_open, 1);
+	count(&rtsub_shared->sse_sessions_accepted, 1);
+	audit("SSE stream accepted: %s role \"%s\" subscription \"%s\"",
+		  s->remote, s->role, msg.subscription);
+
+	if (sse_write_headers(wsi) != 0)
+		return -1;
+	/* an endless response: no timeout, and the request head is not needed */
+	lws_http_mark_sse(wsi);
+	lws_set_timeout(wsi, NO_PENDING_TIMEOUT, 0);
+
+	s->last_sent_ms = now_unix_ms();
+	send_welcome(s);
+	initStringInfo(&buf);
+	rtsub_msg_subscribed(&buf, s->format, msg.id, lsn_event_id(live_from));
+	send_buf(s, &buf);
+	schedule_tick(lws_get_context(wsi));
+	return 0;
+}
+
+/*
+ * LWS_CALLBACK_HTTP for GET /v1/sse (ws_server.c); *handle receives the
+ * session, to be passed to rtsub_sse_writeable() and rtsub_sse_closed().
+ * Returns what the callback returns.
+ */
+int
+rtsub_sse_request(struct lws *wsi, void **handle)
+{
+	MemoryContext old = MemoryContextSwitchTo(scratch());
+	volatile int rc = -1;
+
+	*handle = NULL;
+	PG_TRY();
+	{
+		rc = sse_request(wsi, handle);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(scratch());
+		EmitErrorReport();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		MemoryContextSwitchTo(scratch());
+		if (sse_opening != NULL)
+		{
+			RtsubSession *s = sse_opening;
+
+			sse_opening = NULL;
+			session_destroy(s);
+		}
+		if (*handle == NULL)
+			rc = rtsub_http_error(wsi, 500, "internal", "internal server error");
+		else
+			rc = -1;			/* the stream had begun: close it */
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(scratch());
+	return rc;
+}
+
+/* LWS_CALLBACK_HTTP_WRITEABLE of an SSE stream */
+int
+rtsub_sse_writeable(struct lws *wsi, void *handle)
+{
+	RtsubSession *s = (RtsubSession *) handle;
+	MemoryContext old = MemoryContextSwitchTo(scratch());
+	volatile int rc = -1;
+
+	PG_TRY();
+	{
+		rc = sse_on_writeable(wsi, s);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(scratch());
+		EmitErrorReport();
+		FlushErrorState();
+		rc = -1;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(scratch());
+	return rc;
+}
+
+/* the SSE stream's connection is gone: close its subscription */
+void
+rtsub_sse_closed(void *handle)
+{
+	RtsubSession *s = (RtsubSession *) handle;
+	MemoryContext old = MemoryContextSwitchTo(scratch());
+
 	PG_TRY();
 	{
 		session_destroy(s);

@@ -104,6 +104,9 @@ rtsub_shmem_startup(void)
 		pg_atomic_init_u64(&rtsub_shared->messages_received, 0);
 		pg_atomic_init_u64(&rtsub_shared->messages_sent, 0);
 		pg_atomic_init_u64(&rtsub_shared->ws_slow_consumers, 0);
+		pg_atomic_init_u64(&rtsub_shared->sse_sessions_accepted, 0);
+		pg_atomic_init_u64(&rtsub_shared->sse_sessions_refused, 0);
+		pg_atomic_init_u64(&rtsub_shared->sse_sessions_open, 0);
 		init_epoch(rtsub_shared->epoch);
 	}
 	LWLockRelease(AddinShmemInitLock);

@@ -55,7 +55,13 @@ typedef struct RtsubShared
 	pg_atomic_uint64 ws_auth_failures;	/* token or role rejected */
 	pg_atomic_uint64 messages_received; /* complete client messages */
 	pg_atomic_uint64 messages_sent; /* messages handed to clients */
-	pg_atomic_uint64 ws_slow_consumers; /* sessions closed with 4009 */
+	pg_atomic_uint64 ws_slow_consumers; /* sessions closed with 4009 (or
+										 * SSE streams ended for it) */
+
+	/* Server-Sent Events streams (session.c) */
+	pg_atomic_uint64 sse_sessions_accepted; /* streams opened */
+	pg_atomic_uint64 sse_sessions_refused;	/* requests refused */
+	pg_atomic_uint64 sse_sessions_open; /* gauge: open streams */
 
 	/*
 	 * random hex chosen when the postmaster starts: the welcome's "epoch",

@@ -2,10 +2,10 @@
  *
  * ws_server.c
  *	  Owns the rtsub server's network side: the libwebsockets context and
- *	  its event loop, the HTTP routes (/healthz, /metrics) and the protocol
- *	  list: HTTP plus the WebSocket subprotocols rtsub.v1.json and
- *	  rtsub.v1.msgpack, whose sessions are session.c's, with
- *	  permessage-deflate.  Runs only in the rtsub server worker (worker.c),
+ *	  its event loop, the HTTP routes (/healthz, /metrics, and /v1/sse, whose
+ *	  streams are session.c's) and the protocol list: HTTP plus the
+ *	  WebSocket subprotocols rtsub.v1.json and rtsub.v1.msgpack, whose
+ *	  sessions are session.c's, with permessage-deflate.  Runs only in the rtsub server worker (worker.c),
  *	  which drives it from its single wait point.
  *
  *	  Event loop: Debian's libwebsockets 4.1.6 is built without
@@ -69,9 +69,13 @@ typedef struct HttpSession
 {
 	int			deferred_status;	/* answer once the request body is read */
 	size_t		body_bytes;		/* request body bytes discarded so far */
+	void	   *sse;			/* an SSE stream's session (session.c) */
 } HttpSession;
 
 #define MAX_DISCARDED_BODY	(64 * 1024)
+
+/* the WWW-Authenticate header of a 401 */
+#define BEARER_CHALLENGE	"Bearer error=\"invalid_token\""
 
 static void *uv_handle = NULL;
 static UvApi uv;
@@ -366,7 +370,10 @@ rtsub_ws_start(const char *listen_address, int port, char **error)
 	info.timeout_secs = 10;
 
 	if (rtsub_shared)
+	{
 		pg_atomic_write_u64(&rtsub_shared->ws_sessions_open, 0);
+		pg_atomic_write_u64(&rtsub_shared->sse_sessions_open, 0);
+	}
 
 	callback_depth++;
 	context = lws_create_context(&info);
@@ -524,6 +531,11 @@ send_response(struct lws *wsi, unsigned int status, const char *content_type,
 		lws_add_http_header_by_name(wsi, (const unsigned char *) "allow:",
 									(const unsigned char *) "GET", 3, &p, end))
 		return -1;
+	if (status == HTTP_STATUS_UNAUTHORIZED &&
+		lws_add_http_header_by_name(wsi, (const unsigned char *) "www-authenticate:",
+									(const unsigned char *) BEARER_CHALLENGE,
+									(int) strlen(BEARER_CHALLENGE), &p, end))
+		return -1;
 	if (lws_finalize_write_http_header(wsi, start, &p, end))
 		return -1;
 	sent = p - start;			/* the headers, as written */
@@ -553,6 +565,20 @@ error_body(StringInfo buf, const char *code, const char *message)
 	appendStringInfo(buf, "{\"error\":{\"code\":\"%s\",\"message\":", code);
 	escape_json(buf, message);
 	appendStringInfoString(buf, "}}");
+}
+
+/* an error response with a JSON body; see ws_server.h */
+int
+rtsub_http_error(struct lws *wsi, int status, const char *code, const char *message)
+{
+	StringInfoData buf;
+	int			rc;
+
+	initStringInfo(&buf);
+	error_body(&buf, code, message);
+	rc = send_response(wsi, status, "application/json", buf.data, buf.len);
+	pfree(buf.data);
+	return rc;
 }
 
 /* body of GET /healthz */
@@ -611,17 +637,26 @@ metrics_body(StringInfo buf)
 	metric(buf, "rtsub_ws_sessions_open", "gauge",
 		   "WebSocket sessions currently open.",
 		   pg_atomic_read_u64(&rtsub_shared->ws_sessions_open));
+	metric(buf, "rtsub_sse_sessions_accepted_total", "counter",
+		   "Server-Sent Events streams opened.",
+		   pg_atomic_read_u64(&rtsub_shared->sse_sessions_accepted));
+	metric(buf, "rtsub_sse_sessions_refused_total", "counter",
+		   "Server-Sent Events requests refused (origin, token, subscription or parameters).",
+		   pg_atomic_read_u64(&rtsub_shared->sse_sessions_refused));
+	metric(buf, "rtsub_sse_sessions_open", "gauge",
+		   "Server-Sent Events streams currently open.",
+		   pg_atomic_read_u64(&rtsub_shared->sse_sessions_open));
 	metric(buf, "rtsub_ws_auth_failures_total", "counter",
-		   "Tokens or roles rejected, at the handshake, in auth or refresh messages, or by the auth timeout.",
+		   "Tokens or roles rejected, at the handshake or SSE request, in auth or refresh messages, or by the auth timeout.",
 		   pg_atomic_read_u64(&rtsub_shared->ws_auth_failures));
 	metric(buf, "rtsub_ws_slow_consumers_total", "counter",
-		   "WebSocket sessions closed because their send queue passed rtsub.max_send_buffer.",
+		   "WebSocket sessions or SSE streams closed because their send queue passed rtsub.max_send_buffer.",
 		   pg_atomic_read_u64(&rtsub_shared->ws_slow_consumers));
 	metric(buf, "rtsub_messages_received_total", "counter",
 		   "Complete messages received from WebSocket clients.",
 		   pg_atomic_read_u64(&rtsub_shared->messages_received));
 	metric(buf, "rtsub_messages_sent_total", "counter",
-		   "Messages sent to WebSocket clients.",
+		   "Messages sent to WebSocket clients, and events to SSE clients.",
 		   pg_atomic_read_u64(&rtsub_shared->messages_sent));
 	metric(buf, "rtsub_changes_decoded_total", "counter",
 		   "Changes of published tables decoded from the server's slot.",
@@ -668,6 +703,10 @@ handle_http_request(struct lws *wsi, HttpSession *session, const char *uri)
 			return 0;
 		}
 	}
+
+	/* Server-Sent Events: session.c answers (and catches its errors) */
+	if (is_get && strcmp(uri, "/v1/sse") == 0)
+		return rtsub_sse_request(wsi, &session->sse);
 
 	PG_TRY();
 	{
@@ -748,6 +787,14 @@ http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 
 				if (p != NULL && p->callback == rtsub_session_callback)
 					rtsub_session_wsi_destroy(user);
+				else if (p != NULL && p->callback == http_callback &&
+						 session != NULL && session->sse != NULL)
+				{
+					void	   *sse = session->sse;
+
+					session->sse = NULL;
+					rtsub_sse_closed(sse);
+				}
 			}
 			if (lws_get_opaque_user_data(wsi) == &client_connection_marker)
 			{
@@ -764,6 +811,21 @@ http_callback(struct lws *wsi, enum lws_callback_reasons reason,
 			if (session == NULL)
 				return -1;
 			return handle_http_request(wsi, session, (const char *) in);
+
+		case LWS_CALLBACK_HTTP_WRITEABLE:
+			if (session != NULL && session->sse != NULL)
+				return rtsub_sse_writeable(wsi, session->sse);
+			return lws_callback_http_dummy(wsi, reason, user, in, len);
+
+		case LWS_CALLBACK_CLOSED_HTTP:
+			if (session != NULL && session->sse != NULL)
+			{
+				void	   *sse = session->sse;
+
+				session->sse = NULL;
+				rtsub_sse_closed(sse);
+			}
+			return lws_callback_http_dummy(wsi, reason, user, in, len);
 
 		case LWS_CALLBACK_HTTP_BODY:
 			if (session == NULL)

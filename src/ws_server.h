@@ -20,7 +20,7 @@ extern void rtsub_ws_stop(void);
 extern bool rtsub_ws_in_callback(void);
 
 /*
- * Between ws_server.c and session.c (the WebSocket sessions); only for
+ * Between ws_server.c and session.c (WebSocket and SSE sessions); only for
  * files that include <libwebsockets.h> first.
  */
 #ifdef LWS_PRE
@@ -30,6 +30,15 @@ extern int	rtsub_session_refuse_upgrade(struct lws *wsi);
 extern void rtsub_session_wsi_destroy(void *user);
 extern int	rtsub_sessions_close_all(void);
 extern int	rtsub_sessions_count(void);
+
+/* Server-Sent Events streams (GET /v1/sse) */
+extern int	rtsub_sse_request(struct lws *wsi, void **handle);
+extern int	rtsub_sse_writeable(struct lws *wsi, void *handle);
+extern void rtsub_sse_closed(void *handle);
+
+/* an HTTP error response with a JSON body {"error":{"code","message"}} */
+extern int	rtsub_http_error(struct lws *wsi, int status, const char *code,
+							 const char *message);
 #endif
 
 #endif							/* RTSUB_WS_SERVER_H */
