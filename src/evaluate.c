@@ -713,65 +713,53 @@ rtsub_subscription_close(RtsubSubscription *sub)
  * ----------------------------------------------------------------
  */
 
+/*
+ * PostgreSQL's policy rule: at least one permissive policy and every
+ * restrictive one must pass (NULL counts as false)
+ */
+static bool
+policies_pass(List *permissive, List *restrictive, ExprContext *econtext)
+{
+	bool		isnull;
+	bool		any = false;
+	ListCell   *lc;
+
+	foreach(lc, permissive)
+	{
+		Datum		d = ExecEvalExprSwitchContext(lfirst(lc), econtext, &isnull);
+
+		if (!isnull && DatumGetBool(d))
+		{
+			any = true;
+			break;
+		}
+	}
+	if (!any)
+		return false;
+	foreach(lc, restrictive)
+	{
+		Datum		d = ExecEvalExprSwitchContext(lfirst(lc), econtext, &isnull);
+
+		if (isnull || !DatumGetBool(d))
+			return false;
+	}
+	return true;
+}
+
 /* is the row in the slot visible to the subscription? */
 static bool
 row_visible(RtsubSubscription *sub, ExprContext *econtext)
 {
-	bool		isnull;
-	ListCell   *lc;
-
 	econtext->ecxt_param_list_info = sub->params;
 	if (sub->filter != NULL &&
 		!ExecQual(sub->filter, econtext))
 		return false;
-	if (sub->has_policies)
-	{
-		bool		any = false;	/* restrictive policies alone deny */
-
-		foreach(lc, sub->permissive)
-		{
-			Datum		d = ExecEvalExprSwitchContext(lfirst(lc), econtext, &isnull);
-
-			if (!isnull && DatumGetBool(d))
-			{
-				any = true;
-				break;
-			}
-		}
-		if (!any)
-			return false;
-		foreach(lc, sub->restrictive)
-		{
-			Datum		d = ExecEvalExprSwitchContext(lfirst(lc), econtext, &isnull);
-
-			if (isnull || !DatumGetBool(d))
-				return false;
-		}
-	}
-	if (sub->has_rls)
-	{
-		bool		any = false;
-
-		foreach(lc, sub->rls_permissive)
-		{
-			Datum		d = ExecEvalExprSwitchContext(lfirst(lc), econtext, &isnull);
-
-			if (!isnull && DatumGetBool(d))
-			{
-				any = true;
-				break;
-			}
-		}
-		if (!any)
-			return false;
-		foreach(lc, sub->rls_restrictive)
-		{
-			Datum		d = ExecEvalExprSwitchContext(lfirst(lc), econtext, &isnull);
-
-			if (isnull || !DatumGetBool(d))
-				return false;
-		}
-	}
+	if (sub->has_policies &&
+		!policies_pass(sub->permissive, sub->restrictive, econtext))
+		return false;
+	if (sub->has_rls &&
+		!policies_pass(sub->rls_permissive, sub->rls_restrictive, econtext))
+		return false;
 	return true;
 }
 

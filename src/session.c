@@ -882,6 +882,41 @@ start_close(RtsubSession *s, int code, const char *reason)
 		lws_callback_on_writable(s->wsi);
 }
 
+/*
+ * write queued messages while the socket takes them (at most
+ * MAX_WRITES_PER_CALLBACK per callback, n already written); -1 if the
+ * connection failed
+ */
+static int
+drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int n)
+{
+	while (!dlist_is_empty(&s->queue) && n < MAX_WRITES_PER_CALLBACK)
+	{
+		SendItem   *item = dlist_container(SendItem, node, dlist_pop_head_node(&s->queue));
+		int			written;
+
+		s->queued_bytes -= item->len;
+		written = lws_write(wsi, item->buf + LWS_PRE, item->len, kind);
+		if (written < (int) item->len)
+		{
+			free(item);
+			return -1;			/* the connection failed */
+		}
+		if (rtsub_shared)
+		{
+			pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
+			pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
+		}
+		free(item);
+		n++;
+		if (lws_send_pipe_choked(wsi))
+			break;
+	}
+	if (!dlist_is_empty(&s->queue))
+		lws_callback_on_writable(wsi);
+	return 0;
+}
+
 /* LWS_CALLBACK_SERVER_WRITEABLE: the close frame, or queued messages */
 static int
 on_writeable(struct lws *wsi, RtsubSession *s)
@@ -917,32 +952,7 @@ on_writeable(struct lws *wsi, RtsubSession *s)
 		return 0;
 	}
 
-	/* several messages per callback while the socket takes them */
-	while (!dlist_is_empty(&s->queue) && n < MAX_WRITES_PER_CALLBACK)
-	{
-		SendItem   *item = dlist_container(SendItem, node, dlist_pop_head_node(&s->queue));
-		int			written;
-
-		s->queued_bytes -= item->len;
-		written = lws_write(wsi, item->buf + LWS_PRE, item->len, kind);
-		if (written < (int) item->len)
-		{
-			free(item);
-			return -1;			/* the connection failed */
-		}
-		if (rtsub_shared)
-		{
-			pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
-			pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
-		}
-		free(item);
-		n++;
-		if (lws_send_pipe_choked(wsi))
-			break;
-	}
-	if (!dlist_is_empty(&s->queue))
-		lws_callback_on_writable(wsi);
-	return 0;
+	return drain_queue(s, wsi, kind, n);
 }
 
 /*
@@ -1011,31 +1021,7 @@ sse_on_writeable(struct lws *wsi, RtsubSession *s)
 		return 0;
 	}
 
-	while (!dlist_is_empty(&s->queue) && n < MAX_WRITES_PER_CALLBACK)
-	{
-		SendItem   *item = dlist_container(SendItem, node, dlist_pop_head_node(&s->queue));
-		int			written;
-
-		s->queued_bytes -= item->len;
-		written = lws_write(wsi, item->buf + LWS_PRE, item->len, LWS_WRITE_HTTP);
-		if (written < (int) item->len)
-		{
-			free(item);
-			return -1;			/* the connection failed */
-		}
-		if (rtsub_shared)
-		{
-			pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
-			pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
-		}
-		free(item);
-		n++;
-		if (lws_send_pipe_choked(wsi))
-			break;
-	}
-	if (!dlist_is_empty(&s->queue))
-		lws_callback_on_writable(wsi);
-	return 0;
+	return drain_queue(s, wsi, LWS_WRITE_HTTP, n);
 }
 
 /* ----------------------------------------------------------------------
