@@ -1,0 +1,51 @@
+// test/bench/procstat.mjs — small helpers of the server benchmarks: the
+// rtsub server worker's pid, memory and CPU time from /proc, and the
+// server's Prometheus metrics.
+import { readdirSync, readFileSync } from 'node:fs';
+import http from 'node:http';
+
+// the pid of the "rtsub server" background worker (pg: a connected pg.Client)
+export async function workerPid(db) {
+  const r = await db.query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'rtsub server'");
+  return r.rows.length ? r.rows[0].pid : null;
+}
+
+// memory fields of /proc/PID/status, in bytes: VmRSS, RssAnon, RssFile, RssShmem, VmHWM, VmSize
+export function memory(pid) {
+  const out = {};
+  for (const line of readFileSync(`/proc/${pid}/status`, 'utf8').split('\n')) {
+    const m = line.match(/^(VmRSS|RssAnon|RssFile|RssShmem|VmHWM|VmSize|VmData):\s+(\d+) kB/);
+    if (m) out[m[1]] = Number(m[2]) * 1024;
+  }
+  return out;
+}
+
+// CPU seconds (user + system) of a process
+export function cpuSeconds(pid) {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const x = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(x[11]) + Number(x[12])) / 100;
+}
+
+// open file descriptors of a process
+export function fdCount(pid) {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+// all metrics of /metrics as { name: number } (a fresh connection each time)
+export function metrics(port, host = '127.0.0.1') {
+  return new Promise((resolve, reject) => {
+    http.get({ host, port, path: '/metrics', agent: false }, (res) => {
+      let body = '';
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => {
+        const out = {};
+        for (const m of body.matchAll(/^([a-z_]+) ([0-9.e+-]+)$/gm)) out[m[1]] = Number(m[2]);
+        resolve(out);
+      });
+    }).on('error', reject);
+  });
+}
+
+export const MB = (b) => (b / 1048576).toFixed(1);
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
