@@ -294,8 +294,8 @@ async function child(a) {
     const start = performance.now();
     while (!finished) {
       await new Promise((r) => setTimeout(r, 50));
-      const s2 = pool.summary();
-      if (s2.open === 0) {
+      if (pool.records.every((r) => !r.ws || r.ws.readyState === WebSocket.CLOSED)) {
+        const s2 = pool.summary();
         const m = { event: 'closed', closed: s2.closed, closeCodes: s2.closeCodes,
           ms: Math.round(performance.now() - start) };
         finished = true;
