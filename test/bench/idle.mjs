@@ -27,7 +27,7 @@
 // BENCH_IDLE_CONNECTIONS (10000), BENCH_IDLE_FRESH (1: restart the worker).
 import pg from 'pg';
 import { openClients, signer } from './loadgen.mjs';
-import { workerPid, memory, cpuSeconds, fdCount, metrics, MB, sleep } from './procstat.mjs';
+import { workerPid, memory, cpuSeconds, fdCount, metrics, memoryContexts, median, MB, sleep } from './procstat.mjs';
 
 const N = Number(process.env.BENCH_IDLE_CONNECTIONS || 10000);
 const FRESH = (process.env.BENCH_IDLE_FRESH || '1') === '1';
@@ -80,6 +80,7 @@ if (await waitSessions(0) !== 0) fail('warm-up sessions did not go away');
 await sleep(500);
 const base = memory(pid);
 const baseFds = fdCount(pid);
+const baseCxt = await memoryContexts(db, pid);
 console.log(`(d) idle connections: worker pid ${pid}, baseline VmRSS ${MB(base.VmRSS)} MB (anon ${MB(base.RssAnon)}, shmem ${MB(base.RssShmem)}, file ${MB(base.RssFile)}), ${baseFds} fds`);
 
 // N clients in four steps
@@ -90,6 +91,7 @@ const tOpen = Date.now();
 let last = null;
 let lastReceived = null;
 for (const target of steps) {
+  const tStep = Date.now();
   const pool = await openClients({
     port, count: target - opened, first: opened, token, subscribe,
     onMessage: (i, m) => { if (m.type === 'change' && i === N - 1) last = m; else if (m.type === 'change') lastReceived = i; },
@@ -103,7 +105,7 @@ for (const target of steps) {
   console.log(`    ${String(opened).padStart(6)} connected+subscribed: VmRSS ${MB(mem.VmRSS)} MB, growth ${MB(mem.VmRSS - base.VmRSS)} MB` +
     ` = ${((mem.VmRSS - base.VmRSS) / opened / 1024).toFixed(1)} kB/connection` +
     ` (anon +${MB(mem.RssAnon - base.RssAnon)}, shmem +${MB(mem.RssShmem - base.RssShmem)}, file +${MB(mem.RssFile - base.RssFile)});` +
-    ` server sessions ${sessions}, worker fds ${fdCount(pid)}`);
+    ` server sessions ${sessions}, worker fds ${fdCount(pid)}; opened in ${((Date.now() - tStep) / 1000).toFixed(1)} s`);
 }
 const openSecs = (Date.now() - tOpen) / 1000;
 
@@ -122,12 +124,33 @@ if (!last || last.row.owner !== `user${N - 1}`) fail(`the change for user${N - 1
 await sleep(200);
 if (lastReceived !== null) fail(`client ${lastReceived} received a change meant for user${N - 1}`);
 
+// where it goes: PostgreSQL memory contexts (logged by the worker) vs the rest
+const cxt = await memoryContexts(db, pid);
+let breakdown = '    (memory contexts: not available: RTSUB_SERVER_LOG unset or unreadable)';
+if (cxt && baseCxt) {
+  const kB = (b) => (b / 1024).toFixed(1);
+  // sessions are the newest children of TopMemoryContext, so the log shows
+  // 100 of them; the subscriptions' contexts (children of the older
+  // "rtsub subscriptions") are only summed up: they are the rest
+  const sess = (cxt.contexts['rtsub session'] || []).map((c) => c.total);
+  const subs = (cxt.contexts['rtsub subscription'] || []).map((c) => c.total);
+  const inCxt = cxt.grand - baseCxt.grand;
+  const anon = mem.RssAnon - base.RssAnon;
+  const sessKB = sess.length ? median(sess) / 1024 : NaN;
+  breakdown = `    where: PostgreSQL memory contexts +${MB(inCxt)} MB = ${kB(inCxt / N)} kB/connection:` +
+    ` "rtsub session" contexts ${sessKB.toFixed(1)} kB each (median of ${sess.length} logged),` +
+    (subs.length ? ` "rtsub subscription" ${kB(median(subs))} kB each (median of ${subs.length} logged),` : '') +
+    ` other contexts (the subscriptions': "rtsub subscriptions" and children) ${(inCxt / N / 1024 - sessKB).toFixed(1)} kB per connection;` +
+    `\n           outside them (malloc: libwebsockets, libuv, queues; allocator overhead) +${MB(anon - inCxt)} MB = ${kB((anon - inCxt) / N)} kB/connection`;
+}
+
 const growth = mem.VmRSS - base.VmRSS;
 const growthMB = growth / 1048576;
 const clientRss = process.memoryUsage().rss;
 console.log(`    ${N} idle connections (opened in ${openSecs.toFixed(1)} s): worker VmRSS ${MB(base.VmRSS)} -> ${MB(mem.VmRSS)} MB,` +
   ` growth ${growthMB.toFixed(1)} MB = ${(growth / N / 1024).toFixed(1)} kB per connection` +
   ` (heap/anon +${MB(mem.RssAnon - base.RssAnon)} MB, shmem +${MB(mem.RssShmem - base.RssShmem)} MB, file +${MB(mem.RssFile - base.RssFile)} MB; VmHWM ${MB(mem.VmHWM)} MB)`);
+console.log(breakdown);
 console.log(`    target growth <= ${TARGET_MB} MB: ${growthMB <= TARGET_MB ? 'PASS' : 'MISS'}`);
 console.log(`    worker CPU while idle: ${(idleCpu * 100).toFixed(2)} % of one core over 10 s; change to the last client delivered`);
 console.log(`    (load generator: one node process, RSS ${MB(clientRss)} MB for ${N} clients)`);

@@ -1,7 +1,7 @@
 // test/bench/procstat.mjs — small helpers of the server benchmarks: the
 // rtsub server worker's pid, memory and CPU time from /proc, and the
 // server's Prometheus metrics.
-import { readdirSync, readFileSync } from 'node:fs';
+import { openSync, readSync, closeSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import http from 'node:http';
 
 // the pid of the "rtsub server" background worker (pg: a connected pg.Client)
@@ -49,3 +49,41 @@ export function metrics(port, host = '127.0.0.1') {
 
 export const MB = (b) => (b / 1048576).toFixed(1);
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/*
+ * The memory contexts of a backend (pg_log_backend_memory_contexts, read
+ * back from the server log: RTSUB_SERVER_LOG).  Returns { grand: bytes,
+ * contexts: { name: [{ level, total, used }] } } or null when the log
+ * cannot be read.  PostgreSQL logs at most 100 children per context (the
+ * rest are summed up in one line), so per-name lists are samples.
+ */
+export async function memoryContexts(db, pid, logfile = process.env.RTSUB_SERVER_LOG) {
+  if (!logfile) return null;
+  let from;
+  try { from = statSync(logfile).size; } catch { return null; }
+  await db.query('SELECT pg_log_backend_memory_contexts($1)', [pid]);
+  for (let k = 0; k < 100; k++) {
+    await sleep(100);
+    const size = statSync(logfile).size;
+    const buf = Buffer.alloc(size - from);
+    const fd = openSync(logfile, 'r');
+    readSync(fd, buf, 0, buf.length, from);
+    closeSync(fd);
+    const text = buf.toString('utf8');
+    const grand = text.match(new RegExp(`\\[${pid}\\] LOG:  Grand total: (\\d+) bytes`));
+    if (!grand) continue;
+    const contexts = {};
+    const re = new RegExp(`\\[${pid}\\] LOG:  level: (\\d+); ([^:]+): (\\d+) total in \\d+ blocks; \\d+ free \\(\\d+ chunks\\); (\\d+) used`, 'g');
+    for (const m of text.matchAll(re)) {
+      (contexts[m[2]] = contexts[m[2]] || []).push({ level: Number(m[1]), total: Number(m[3]), used: Number(m[4]) });
+    }
+    return { grand: Number(grand[1]), contexts };
+  }
+  return null;
+}
+
+// the median of a list of numbers
+export function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor(s.length / 2)] : NaN;
+}
