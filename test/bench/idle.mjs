@@ -27,7 +27,7 @@
 // BENCH_IDLE_CONNECTIONS (10000), BENCH_IDLE_FRESH (1: restart the worker).
 import pg from 'pg';
 import { openClients, signer } from './loadgen.mjs';
-import { workerPid, memory, cpuSeconds, fdCount, metrics, memoryContexts, median, MB, sleep } from './procstat.mjs';
+import { workerPid, memory, cpuSeconds, fdCount, metrics, memoryContexts, median, loadavg, MB, sleep } from './procstat.mjs';
 
 const N = Number(process.env.BENCH_IDLE_CONNECTIONS || 10000);
 const FRESH = (process.env.BENCH_IDLE_FRESH || '1') === '1';
@@ -153,7 +153,7 @@ console.log(`    ${N} idle connections (opened in ${openSecs.toFixed(1)} s): wor
 console.log(breakdown);
 console.log(`    target growth <= ${TARGET_MB} MB: ${growthMB <= TARGET_MB ? 'PASS' : 'MISS'}`);
 console.log(`    worker CPU while idle: ${(idleCpu * 100).toFixed(2)} % of one core over 10 s; change to the last client delivered`);
-console.log(`    (load generator: one node process, RSS ${MB(clientRss)} MB for ${N} clients)`);
+console.log(`    (load generator: one node process, RSS ${MB(clientRss)} MB for ${N} clients; load average ${loadavg()})`);
 
 // leave
 for (const p of pools) p.terminate();

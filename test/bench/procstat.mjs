@@ -87,3 +87,8 @@ export function median(xs) {
   const s = [...xs].sort((a, b) => a - b);
   return s.length ? s[Math.floor(s.length / 2)] : NaN;
 }
+
+// the 1-minute load average and the number of CPUs, e.g. "1.52 on 2 CPUs"
+export function loadavg() {
+  return `${readFileSync('/proc/loadavg', 'utf8').split(' ')[0]} on ${readFileSync('/proc/cpuinfo', 'utf8').match(/^processor/gm).length} CPUs`;
+}
