@@ -38,6 +38,7 @@
 // BENCH_SNAPSHOT_PERF=FILE: `perf record -a -g -o FILE` while the snapshot
 // runs (profiling; then: perf report -i FILE --sort pid,sym)
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import WebSocket from 'ws';
 import { openClients, signer, JSON_P, MSGPACK_P } from './loadgen.mjs';
@@ -51,7 +52,16 @@ const PROTOCOL = process.env.BENCH_SNAPSHOT_PROTOCOL || JSON_P;
 const PERIOD_MS = 10;
 const TARGET_MBPS = 100;
 const TARGET_RSS_MB = 64;
-const fail = (msg) => { console.error(`(snapshot) FAILED: ${msg}`); process.exit(1); };
+// a failure: the message, and what the server log says about crashes
+function fail(msg) {
+  console.error(`(snapshot) FAILED: ${msg}`);
+  try {
+    const log = readFileSync(process.env.RTSUB_SERVER_LOG, 'utf8').split('\n');
+    const bad = log.filter((l) => /terminated by signal|PANIC|server process .* was terminated/.test(l));
+    if (bad.length) console.error(`    server log (${process.env.RTSUB_SERVER_LOG}):\n      ${bad.slice(-5).join('\n      ')}`);
+  } catch { /* no log */ }
+  process.exit(1);
+}
 const nowMs = () => performance.timeOrigin + performance.now();
 
 // commit time of an event's ts (ISO 8601), in ms with microseconds
@@ -68,6 +78,7 @@ function quantiles(xs) {
 const fmt = (l) => `p50 ${l.p50.toFixed(2)} ms, p99 ${l.p99.toFixed(2)} ms, max ${l.max.toFixed(2)} ms (${l.n} events)`;
 
 const db = new pg.Client();
+db.on('error', (e) => fail(`database connection: ${e.message}`));
 await db.connect();
 const port = Number((await db.query('SHOW rtsub.port')).rows[0]['rtsub.port']);
 const secret = (await db.query('SHOW rtsub.jwt_secret')).rows[0]['rtsub.jwt_secret'];
@@ -105,6 +116,7 @@ const live = await openClients({
 });
 if (live.summary().subscribed !== SUBS) fail(`live subscribers: ${JSON.stringify(live.summary())}`);
 const wdb = new pg.Client();
+wdb.on('error', (e) => fail(`writer connection: ${e.message}`));
 await wdb.connect();
 let writing = true;
 let commits = 0;
@@ -113,7 +125,9 @@ const writer = (async () => {
   for (let k = 0; writing; k++) {
     const wait = t0 + k * PERIOD_MS - Date.now();
     if (wait > 0) await sleep(wait);
-    await wdb.query('INSERT INTO bench_snap_live (payload) VALUES ($1)', ['x'.repeat(40)]);
+    try {
+      await wdb.query('INSERT INTO bench_snap_live (payload) VALUES ($1)', ['x'.repeat(40)]);
+    } catch (e) { fail(`writer: ${e.message}`); }
     commits++;
   }
 })();
