@@ -58,6 +58,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -79,6 +80,7 @@
 #include "protocol.h"
 #include "rtsub.h"
 #include "session.h"
+#include "shmem.h"
 #include "stream.h"
 
 /*
@@ -114,6 +116,8 @@ struct RtsubSubscription
 	int			natts;			/* the table's columns when opened */
 	Oid		   *atttypes;		/* and their types (InvalidOid: dropped) */
 	TupleDesc	checked_desc;	/* last change descriptor found compatible */
+	uint64		messages_sent;	/* change messages queued for the client */
+	char	   *relname;		/* the table's name when opened */
 	ExprState  *filter;			/* NULL: every row */
 	List	   *permissive;		/* ExprState *, policies for the role */
 	List	   *restrictive;
@@ -138,6 +142,16 @@ static MemoryContext engine_cxt = NULL;
 static int	nsubs = 0;
 static List *pending = NIL;		/* subscriptions not live, or live_pending */
 static List *ended = NIL;		/* subscriptions to hand back to sessions */
+static uint64 nevaluated = 0;	/* evaluations not yet counted in shmem */
+
+/* add the evaluations done to the shared counter */
+static void
+flush_counts(void)
+{
+	if (rtsub_shared && nevaluated > 0)
+		pg_atomic_fetch_add_u64(&rtsub_shared->changes_evaluated, nevaluated);
+	nevaluated = 0;
+}
 
 /* set up the registry on first use */
 static void
@@ -635,6 +649,7 @@ open_in_transaction(const RtsubClientIdentity *who,
 	}
 
 	build_columns(sub, rel, sent, sub->format);
+	sub->relname = MemoryContextStrdup(sub->cxt, RelationGetRelationName(rel));
 	{
 		TupleDesc	desc = RelationGetDescr(rel);
 
@@ -703,6 +718,8 @@ send_reset(RtsubSession *session, RtsubFormat format, const char *id,
 	rtsub_msg_reset(&buf, format, id, reason);
 	rtsub_session_send(session, buf.data, buf.len);
 	pfree(buf.data);
+	if (rtsub_shared)
+		pg_atomic_fetch_add_u64(&rtsub_shared->resets_sent, 1);
 }
 
 /*
@@ -1040,6 +1057,9 @@ send_change(RtsubSubscription *sub, const RtsubChange *c, const char *op,
 		return;
 	}
 	sub_send(sub, &buf);
+	sub->messages_sent++;
+	if (rtsub_shared)
+		pg_atomic_fetch_add_u64(&rtsub_shared->changes_delivered, 1);
 }
 
 /* evaluate one change for one subscription and send what it should see */
@@ -1164,6 +1184,7 @@ evaluate_guarded(RtsubSubscription *sub, const RtsubChange *c,
 		end_sub(sub, "schema_changed");
 		return;
 	}
+	nevaluated++;
 	PG_TRY();
 	{
 		evaluate_one(sub, c, newslot, oldslot, *econtextp);
@@ -1281,6 +1302,7 @@ rtsub_evaluate_segment(RtsubSegment *seg)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(cxt);
+	flush_counts();
 }
 
 /* send `live`: everything up to the window's head has been sent */
@@ -1597,6 +1619,7 @@ rtsub_engine_step(XLogRecPtr read_upto, TimestampTz now)
 		ended = list_delete_first(ended);
 		rtsub_session_subscription_ended(sub->session, sub);
 	}
+	flush_counts();
 	return more;
 }
 
@@ -1617,6 +1640,21 @@ rtsub_engine_reset_all(const char *reason)
 		foreach(lc, rs->subs)
 			end_sub(lfirst(lc), reason);
 	}
+}
+
+/* see session.h */
+void
+rtsub_subscription_describe(RtsubSubscription *sub, StringInfo out)
+{
+	static const char *const states[] = {"snapshot", "catching_up", "live"};
+	char		cursor[RTSUB_POS_TEXT_LEN];
+
+	rtsub_pos_format(sub->cursor, cursor);
+	appendStringInfo(out, ",\"table_oid\":%u,\"table\":", sub->relid);
+	escape_json(out, sub->relname);
+	appendStringInfo(out, ",\"state\":\"%s\",\"position\":\"%s\",\"failed\":%s,\"messages_sent\":" UINT64_FORMAT,
+					 sub->failed ? "failed" : sub->ended ? "ended" : states[sub->state],
+					 cursor, sub->failed ? "true" : "false", sub->messages_sent);
 }
 
 /* number of open subscriptions */

@@ -57,6 +57,7 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 #include "utils/varlena.h"
 
 #include "auth_jwt.h"
@@ -137,6 +138,7 @@ struct RtsubSession
 
 	/* identity (in cxt) */
 	char	   *role;
+	char	   *user;			/* the token's sub claim, or NULL */
 	char	   *claims_json;
 	int64		exp;			/* token expiry (Unix s), PG_INT64_MIN: none */
 
@@ -152,6 +154,13 @@ struct RtsubSession
 	/* send queue */
 	dlist_head	queue;
 	size_t		queued_bytes;
+	int			queued_messages;
+
+	/* for rtsub.connections */
+	uint64		serial;			/* the connection's id */
+	TimestampTz connected_at;
+	uint64		messages_sent;
+	uint64		bytes_sent;
 
 	/* subscriptions */
 	dlist_head	subs;
@@ -171,6 +180,7 @@ typedef struct WsPss
 } WsPss;
 
 static dlist_head sessions = DLIST_STATIC_INIT(sessions);
+static uint64 session_serial = 0;	/* ids of sessions, for rtsub.connections */
 static int	nsessions = 0;			/* established sessions */
 static MemoryContext scratch_cxt = NULL;
 static lws_sorted_usec_list_t tick_sul;
@@ -519,6 +529,8 @@ session_create(struct lws *wsi, RtsubFormat format)
 	s->wsi = wsi;
 	s->format = format;
 	s->exp = PG_INT64_MIN;
+	s->serial = ++session_serial;
+	s->connected_at = GetCurrentTimestamp();
 	dlist_init(&s->queue);
 	dlist_init(&s->subs);
 	lws_get_peer_simple(wsi, s->remote, sizeof(s->remote));
@@ -531,6 +543,8 @@ session_set_identity(RtsubSession *s, const RtsubToken *tok)
 {
 	if (s->role == NULL)
 		s->role = MemoryContextStrdup(s->cxt, tok->role);
+	if (s->user == NULL && tok->sub != NULL)
+		s->user = MemoryContextStrdup(s->cxt, tok->sub);
 	if (s->claims_json)
 		pfree(s->claims_json);
 	s->claims_json = MemoryContextStrdup(s->cxt, tok->claims_json);
@@ -640,6 +654,7 @@ drop_queue(RtsubSession *s)
 		free(item);
 	}
 	s->queued_bytes = 0;
+	s->queued_messages = 0;
 }
 
 /*
@@ -674,6 +689,7 @@ enqueue(RtsubSession *s, const char *data, size_t len)
 	memcpy(item->buf + LWS_PRE, data, len);
 	dlist_push_tail(&s->queue, &item->node);
 	s->queued_bytes += len;
+	s->queued_messages++;
 	s->last_sent_ms = now_unix_ms();
 	lws_callback_on_writable(s->wsi);
 	return true;
@@ -905,6 +921,7 @@ drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int 
 		int			written;
 
 		s->queued_bytes -= item->len;
+		s->queued_messages--;
 		written = lws_write(wsi, item->buf + LWS_PRE, item->len, kind);
 		if (written < (int) item->len)
 		{
@@ -916,6 +933,8 @@ drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int 
 			pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
 			pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
 		}
+		s->messages_sent++;
+		s->bytes_sent += item->len;
 		free(item);
 		n++;
 		if (lws_send_pipe_choked(wsi))
@@ -2183,4 +2202,74 @@ int
 rtsub_sessions_count(void)
 {
 	return nsessions;
+}
+
+/* append a JSON string, or null */
+static void
+json_str_or_null(StringInfo out, const char *v)
+{
+	if (v == NULL)
+		appendStringInfoString(out, "null");
+	else
+		escape_json(out, v);
+}
+
+/*
+ * Describe every established session and its subscriptions as a JSON
+ * array, for rtsub.connections and rtsub.active_subscriptions (monitor.c)
+ */
+void
+rtsub_sessions_describe(StringInfo out)
+{
+	dlist_iter	it;
+	bool		first = true;
+
+	appendStringInfoChar(out, '[');
+	dlist_foreach(it, &sessions)
+	{
+		RtsubSession *s = dlist_container(RtsubSession, node, it.cur);
+		dlist_iter	si;
+		bool		first_sub = true;
+
+		if (!first)
+			appendStringInfoChar(out, ',');
+		first = false;
+		appendStringInfo(out, "{\"id\":" UINT64_FORMAT ",\"transport\":\"%s\",\"format\":\"%s\",\"remote_addr\":",
+						 s->serial, s->kind == SESSION_SSE ? "sse" : "websocket",
+						 s->format == RTSUB_FORMAT_MSGPACK ? "msgpack" : "json");
+		escape_json(out, s->remote);
+		appendStringInfoString(out, ",\"user\":");
+		json_str_or_null(out, s->user);
+		appendStringInfoString(out, ",\"role\":");
+		json_str_or_null(out, s->role);
+		appendStringInfoString(out, ",\"connected_at\":");
+		escape_json(out, timestamptz_to_str(s->connected_at));
+		appendStringInfoString(out, ",\"token_expires_at\":");
+		if (s->exp == PG_INT64_MIN)
+			appendStringInfoString(out, "null");
+		else
+			appendStringInfo(out, INT64_FORMAT, s->exp);
+		appendStringInfo(out, ",\"state\":\"%s\",\"subscriptions\":%d,\"messages_sent\":" UINT64_FORMAT
+						 ",\"bytes_sent\":" UINT64_FORMAT ",\"queue_bytes\":%zu,\"queue_messages\":%d,\"subs\":[",
+						 s->closing ? "closing" : (s->authenticated ? "open" : "authenticating"),
+						 s->nsubs, s->messages_sent, s->bytes_sent, s->queued_bytes,
+						 s->queued_messages);
+		dlist_foreach(si, &s->subs)
+		{
+			SessionSub *ss = dlist_container(SessionSub, node, si.cur);
+
+			if (!first_sub)
+				appendStringInfoChar(out, ',');
+			first_sub = false;
+			appendStringInfoString(out, "{\"id\":");
+			escape_json(out, ss->id);
+			appendStringInfoString(out, ",\"subscription\":");
+			escape_json(out, ss->name);
+			if (ss->sub)
+				rtsub_subscription_describe(ss->sub, out);
+			appendStringInfoChar(out, '}');
+		}
+		appendStringInfoString(out, "]}");
+	}
+	appendStringInfoChar(out, ']');
 }

@@ -49,7 +49,13 @@ extern size_t rtsub_session_queued(RtsubSession *session);
 extern void rtsub_session_subscription_ended(RtsubSession *session,
 											 RtsubSubscription *sub);
 
+/* describe the sessions and their subscriptions as a JSON array (monitor.c) */
+extern void rtsub_sessions_describe(StringInfo out);
+
 /* ---- provided by evaluate.c, called by ws_server.c ---- */
+
+/* append ,"key":value pairs describing a subscription (state, table, ...) */
+extern void rtsub_subscription_describe(RtsubSubscription *sub, StringInfo out);
 
 /* rtsub_subscription_open's result when it sent `reset` and opened nothing */
 #define RTSUB_OPEN_RESET "reset"
