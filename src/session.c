@@ -151,8 +151,8 @@ struct RtsubSession
 	size_t		rx_len;
 	size_t		rx_cap;
 
-	/* send queue */
-	dlist_head	queue;
+	/* send queue: one list per priority, the highest drained first */
+	dlist_head	queue[RTSUB_PRIORITIES];
 	size_t		queued_bytes;
 	int			queued_messages;
 
@@ -531,7 +531,8 @@ session_create(struct lws *wsi, RtsubFormat format)
 	s->exp = PG_INT64_MIN;
 	s->serial = ++session_serial;
 	s->connected_at = GetCurrentTimestamp();
-	dlist_init(&s->queue);
+	for (int p = 0; p < RTSUB_PRIORITIES; p++)
+		dlist_init(&s->queue[p]);
 	dlist_init(&s->subs);
 	lws_get_peer_simple(wsi, s->remote, sizeof(s->remote));
 	return s;
@@ -646,13 +647,14 @@ drop_queue(RtsubSession *s)
 {
 	dlist_mutable_iter it;
 
-	dlist_foreach_modify(it, &s->queue)
-	{
-		SendItem   *item = dlist_container(SendItem, node, it.cur);
+	for (int p = 0; p < RTSUB_PRIORITIES; p++)
+		dlist_foreach_modify(it, &s->queue[p])
+		{
+			SendItem   *item = dlist_container(SendItem, node, it.cur);
 
-		dlist_delete(&item->node);
-		free(item);
-	}
+			dlist_delete(&item->node);
+			free(item);
+		}
 	s->queued_bytes = 0;
 	s->queued_messages = 0;
 }
@@ -663,7 +665,7 @@ drop_queue(RtsubSession *s)
  * rtsub.max_send_buffer: then the session closes as a slow consumer.
  */
 static bool
-enqueue(RtsubSession *s, const char *data, size_t len)
+enqueue(RtsubSession *s, const char *data, size_t len, int priority)
 {
 	SendItem   *item;
 
@@ -687,7 +689,7 @@ enqueue(RtsubSession *s, const char *data, size_t len)
 	}
 	item->len = len;
 	memcpy(item->buf + LWS_PRE, data, len);
-	dlist_push_tail(&s->queue, &item->node);
+	dlist_push_tail(&s->queue[priority], &item->node);
 	s->queued_bytes += len;
 	s->queued_messages++;
 	s->last_sent_ms = now_unix_ms();
@@ -817,22 +819,41 @@ sse_event(StringInfo out, const char *data, size_t len)
 	appendStringInfoChar(out, '\n');
 }
 
-/* queue one message; see session.h */
+/* queue one message with a priority; see session.h */
 bool
-rtsub_session_send(RtsubSession *s, const char *data, size_t len)
+rtsub_session_send_priority(RtsubSession *s, const char *data, size_t len,
+							int priority)
 {
 	StringInfoData buf;
 	bool		ok;
 
+	priority = Max(0, Min(priority, RTSUB_PRIORITIES - 1));
 	if (s == NULL || s->kind != SESSION_SSE)
-		return enqueue(s, data, len);
+		return enqueue(s, data, len, priority);
 	if (s->closing || s->wsi == NULL)
 		return false;
 	initStringInfo(&buf);
 	sse_event(&buf, data, len);
-	ok = enqueue(s, buf.data, buf.len);
+	ok = enqueue(s, buf.data, buf.len, priority);
 	pfree(buf.data);
 	return ok;
+}
+
+/* queue one message at the default priority; see session.h */
+bool
+rtsub_session_send(RtsubSession *s, const char *data, size_t len)
+{
+	return rtsub_session_send_priority(s, data, len, RTSUB_DEFAULT_PRIORITY);
+}
+
+/* the queued message to write next (highest priority first), or NULL */
+static SendItem *
+next_item(RtsubSession *s)
+{
+	for (int p = RTSUB_PRIORITIES - 1; p >= 0; p--)
+		if (!dlist_is_empty(&s->queue[p]))
+			return dlist_container(SendItem, node, dlist_pop_head_node(&s->queue[p]));
+	return NULL;
 }
 
 /* the session's wire format */
@@ -915,9 +936,9 @@ start_close(RtsubSession *s, int code, const char *reason)
 static int
 drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int n)
 {
-	while (!dlist_is_empty(&s->queue) && n < MAX_WRITES_PER_CALLBACK)
+	while (s->queued_messages > 0 && n < MAX_WRITES_PER_CALLBACK)
 	{
-		SendItem   *item = dlist_container(SendItem, node, dlist_pop_head_node(&s->queue));
+		SendItem   *item = next_item(s);
 		int			written;
 
 		s->queued_bytes -= item->len;
@@ -940,7 +961,7 @@ drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int 
 		if (lws_send_pipe_choked(wsi))
 			break;
 	}
-	if (!dlist_is_empty(&s->queue))
+	if (s->queued_messages > 0)
 		lws_callback_on_writable(wsi);
 	return 0;
 }
@@ -1051,7 +1072,7 @@ sse_on_writeable(struct lws *wsi, RtsubSession *s)
 
 	if (drain_queue(s, wsi, LWS_WRITE_HTTP, n) < 0)
 		return -1;
-	if (s->end_when_drained && dlist_is_empty(&s->queue))
+	if (s->end_when_drained && s->queued_messages == 0)
 	{
 		/* everything queued is written: end once lws has flushed it */
 		s->closing = true;
@@ -1618,7 +1639,7 @@ tick(lws_sorted_usec_list_t *sul)
 					hb_built = true;
 				}
 				if (s->kind == SESSION_SSE)
-					(void) enqueue(s, hb[2].data, hb[2].len);
+					(void) enqueue(s, hb[2].data, hb[2].len, RTSUB_PRIORITIES - 1);
 				else
 					send_buf(s, &hb[s->format == RTSUB_FORMAT_MSGPACK ? 1 : 0]);
 			}

@@ -38,6 +38,14 @@ typedef struct RtsubClientIdentity
  * the limit is accepted into an empty queue) */
 extern bool rtsub_session_send(RtsubSession *session, const char *data, size_t len);
 
+/* subscribe's priority: 0-9, higher is written first when messages queue up */
+#define RTSUB_PRIORITIES		10
+#define RTSUB_DEFAULT_PRIORITY	5
+
+/* rtsub_session_send() at a priority (a subscription's) */
+extern bool rtsub_session_send_priority(RtsubSession *session, const char *data,
+										size_t len, int priority);
+
 /* the session's wire format */
 extern RtsubFormat rtsub_session_format(RtsubSession *session);
 

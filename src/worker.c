@@ -377,7 +377,7 @@ rtsub_worker_main(Datum main_arg)
 		MemoryContextReset(iteration_cxt);
 		MemoryContextSwitchTo(iteration_cxt);
 
-		nevents = WaitEventSetWait(set, busy ? 0 : rtsub_ws_timeout(MAX_WAIT_MS),
+		nevents = WaitEventSetWait(set, busy ? 0 : rtsub_ws_timeout(rtsub_engine_wait_ms(MAX_WAIT_MS)),
 								   events, lengthof(events), PG_WAIT_EXTENSION);
 		for (i = 0; i < nevents; i++)
 		{
