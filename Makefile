@@ -13,6 +13,7 @@ OBJS = \
 	src/stream.o \
 	src/window.o \
 	src/snapshot.o \
+	src/monitor.o \
 	src/evaluate.o \
 	src/encode_json.o \
 	src/encode_msgpack.o \

@@ -57,6 +57,7 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 #include "utils/varlena.h"
 
 #include "auth_jwt.h"
@@ -137,6 +138,7 @@ struct RtsubSession
 
 	/* identity (in cxt) */
 	char	   *role;
+	char	   *user;			/* the token's sub claim, or NULL */
 	char	   *claims_json;
 	int64		exp;			/* token expiry (Unix s), PG_INT64_MIN: none */
 
@@ -149,9 +151,16 @@ struct RtsubSession
 	size_t		rx_len;
 	size_t		rx_cap;
 
-	/* send queue */
-	dlist_head	queue;
+	/* send queue: one list per priority, the highest drained first */
+	dlist_head	queue[RTSUB_PRIORITIES];
 	size_t		queued_bytes;
+	int			queued_messages;
+
+	/* for rtsub.connections */
+	uint64		serial;			/* the connection's id */
+	TimestampTz connected_at;
+	uint64		messages_sent;
+	uint64		bytes_sent;
 
 	/* subscriptions */
 	dlist_head	subs;
@@ -171,6 +180,7 @@ typedef struct WsPss
 } WsPss;
 
 static dlist_head sessions = DLIST_STATIC_INIT(sessions);
+static uint64 session_serial = 0;	/* ids of sessions, for rtsub.connections */
 static int	nsessions = 0;			/* established sessions */
 static MemoryContext scratch_cxt = NULL;
 static lws_sorted_usec_list_t tick_sul;
@@ -519,7 +529,10 @@ session_create(struct lws *wsi, RtsubFormat format)
 	s->wsi = wsi;
 	s->format = format;
 	s->exp = PG_INT64_MIN;
-	dlist_init(&s->queue);
+	s->serial = ++session_serial;
+	s->connected_at = GetCurrentTimestamp();
+	for (int p = 0; p < RTSUB_PRIORITIES; p++)
+		dlist_init(&s->queue[p]);
 	dlist_init(&s->subs);
 	lws_get_peer_simple(wsi, s->remote, sizeof(s->remote));
 	return s;
@@ -531,6 +544,8 @@ session_set_identity(RtsubSession *s, const RtsubToken *tok)
 {
 	if (s->role == NULL)
 		s->role = MemoryContextStrdup(s->cxt, tok->role);
+	if (s->user == NULL && tok->sub != NULL)
+		s->user = MemoryContextStrdup(s->cxt, tok->sub);
 	if (s->claims_json)
 		pfree(s->claims_json);
 	s->claims_json = MemoryContextStrdup(s->cxt, tok->claims_json);
@@ -632,14 +647,16 @@ drop_queue(RtsubSession *s)
 {
 	dlist_mutable_iter it;
 
-	dlist_foreach_modify(it, &s->queue)
-	{
-		SendItem   *item = dlist_container(SendItem, node, it.cur);
+	for (int p = 0; p < RTSUB_PRIORITIES; p++)
+		dlist_foreach_modify(it, &s->queue[p])
+		{
+			SendItem   *item = dlist_container(SendItem, node, it.cur);
 
-		dlist_delete(&item->node);
-		free(item);
-	}
+			dlist_delete(&item->node);
+			free(item);
+		}
 	s->queued_bytes = 0;
+	s->queued_messages = 0;
 }
 
 /*
@@ -648,7 +665,7 @@ drop_queue(RtsubSession *s)
  * rtsub.max_send_buffer: then the session closes as a slow consumer.
  */
 static bool
-enqueue(RtsubSession *s, const char *data, size_t len)
+enqueue(RtsubSession *s, const char *data, size_t len, int priority)
 {
 	SendItem   *item;
 
@@ -672,8 +689,9 @@ enqueue(RtsubSession *s, const char *data, size_t len)
 	}
 	item->len = len;
 	memcpy(item->buf + LWS_PRE, data, len);
-	dlist_push_tail(&s->queue, &item->node);
+	dlist_push_tail(&s->queue[priority], &item->node);
 	s->queued_bytes += len;
+	s->queued_messages++;
 	s->last_sent_ms = now_unix_ms();
 	lws_callback_on_writable(s->wsi);
 	return true;
@@ -801,22 +819,41 @@ sse_event(StringInfo out, const char *data, size_t len)
 	appendStringInfoChar(out, '\n');
 }
 
-/* queue one message; see session.h */
+/* queue one message with a priority; see session.h */
 bool
-rtsub_session_send(RtsubSession *s, const char *data, size_t len)
+rtsub_session_send_priority(RtsubSession *s, const char *data, size_t len,
+							int priority)
 {
 	StringInfoData buf;
 	bool		ok;
 
+	priority = Max(0, Min(priority, RTSUB_PRIORITIES - 1));
 	if (s == NULL || s->kind != SESSION_SSE)
-		return enqueue(s, data, len);
+		return enqueue(s, data, len, priority);
 	if (s->closing || s->wsi == NULL)
 		return false;
 	initStringInfo(&buf);
 	sse_event(&buf, data, len);
-	ok = enqueue(s, buf.data, buf.len);
+	ok = enqueue(s, buf.data, buf.len, priority);
 	pfree(buf.data);
 	return ok;
+}
+
+/* queue one message at the default priority; see session.h */
+bool
+rtsub_session_send(RtsubSession *s, const char *data, size_t len)
+{
+	return rtsub_session_send_priority(s, data, len, RTSUB_DEFAULT_PRIORITY);
+}
+
+/* the queued message to write next (highest priority first), or NULL */
+static SendItem *
+next_item(RtsubSession *s)
+{
+	for (int p = RTSUB_PRIORITIES - 1; p >= 0; p--)
+		if (!dlist_is_empty(&s->queue[p]))
+			return dlist_container(SendItem, node, dlist_pop_head_node(&s->queue[p]));
+	return NULL;
 }
 
 /* the session's wire format */
@@ -899,12 +936,13 @@ start_close(RtsubSession *s, int code, const char *reason)
 static int
 drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int n)
 {
-	while (!dlist_is_empty(&s->queue) && n < MAX_WRITES_PER_CALLBACK)
+	while (s->queued_messages > 0 && n < MAX_WRITES_PER_CALLBACK)
 	{
-		SendItem   *item = dlist_container(SendItem, node, dlist_pop_head_node(&s->queue));
+		SendItem   *item = next_item(s);
 		int			written;
 
 		s->queued_bytes -= item->len;
+		s->queued_messages--;
 		written = lws_write(wsi, item->buf + LWS_PRE, item->len, kind);
 		if (written < (int) item->len)
 		{
@@ -916,12 +954,14 @@ drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int 
 			pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
 			pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
 		}
+		s->messages_sent++;
+		s->bytes_sent += item->len;
 		free(item);
 		n++;
 		if (lws_send_pipe_choked(wsi))
 			break;
 	}
-	if (!dlist_is_empty(&s->queue))
+	if (s->queued_messages > 0)
 		lws_callback_on_writable(wsi);
 	return 0;
 }
@@ -1032,7 +1072,7 @@ sse_on_writeable(struct lws *wsi, RtsubSession *s)
 
 	if (drain_queue(s, wsi, LWS_WRITE_HTTP, n) < 0)
 		return -1;
-	if (s->end_when_drained && dlist_is_empty(&s->queue))
+	if (s->end_when_drained && s->queued_messages == 0)
 	{
 		/* everything queued is written: end once lws has flushed it */
 		s->closing = true;
@@ -1599,7 +1639,7 @@ tick(lws_sorted_usec_list_t *sul)
 					hb_built = true;
 				}
 				if (s->kind == SESSION_SSE)
-					(void) enqueue(s, hb[2].data, hb[2].len);
+					(void) enqueue(s, hb[2].data, hb[2].len, RTSUB_PRIORITIES - 1);
 				else
 					send_buf(s, &hb[s->format == RTSUB_FORMAT_MSGPACK ? 1 : 0]);
 			}
@@ -2183,4 +2223,74 @@ int
 rtsub_sessions_count(void)
 {
 	return nsessions;
+}
+
+/* append a JSON string, or null */
+static void
+json_str_or_null(StringInfo out, const char *v)
+{
+	if (v == NULL)
+		appendStringInfoString(out, "null");
+	else
+		escape_json(out, v);
+}
+
+/*
+ * Describe every established session and its subscriptions as a JSON
+ * array, for rtsub.connections and rtsub.active_subscriptions (monitor.c)
+ */
+void
+rtsub_sessions_describe(StringInfo out)
+{
+	dlist_iter	it;
+	bool		first = true;
+
+	appendStringInfoChar(out, '[');
+	dlist_foreach(it, &sessions)
+	{
+		RtsubSession *s = dlist_container(RtsubSession, node, it.cur);
+		dlist_iter	si;
+		bool		first_sub = true;
+
+		if (!first)
+			appendStringInfoChar(out, ',');
+		first = false;
+		appendStringInfo(out, "{\"id\":" UINT64_FORMAT ",\"transport\":\"%s\",\"format\":\"%s\",\"remote_addr\":",
+						 s->serial, s->kind == SESSION_SSE ? "sse" : "websocket",
+						 s->format == RTSUB_FORMAT_MSGPACK ? "msgpack" : "json");
+		escape_json(out, s->remote);
+		appendStringInfoString(out, ",\"user\":");
+		json_str_or_null(out, s->user);
+		appendStringInfoString(out, ",\"role\":");
+		json_str_or_null(out, s->role);
+		appendStringInfoString(out, ",\"connected_at\":");
+		escape_json(out, timestamptz_to_str(s->connected_at));
+		appendStringInfoString(out, ",\"token_expires_at\":");
+		if (s->exp == PG_INT64_MIN)
+			appendStringInfoString(out, "null");
+		else
+			appendStringInfo(out, INT64_FORMAT, s->exp);
+		appendStringInfo(out, ",\"state\":\"%s\",\"subscriptions\":%d,\"messages_sent\":" UINT64_FORMAT
+						 ",\"bytes_sent\":" UINT64_FORMAT ",\"queue_bytes\":%zu,\"queue_messages\":%d,\"subs\":[",
+						 s->closing ? "closing" : (s->authenticated ? "open" : "authenticating"),
+						 s->nsubs, s->messages_sent, s->bytes_sent, s->queued_bytes,
+						 s->queued_messages);
+		dlist_foreach(si, &s->subs)
+		{
+			SessionSub *ss = dlist_container(SessionSub, node, si.cur);
+
+			if (!first_sub)
+				appendStringInfoChar(out, ',');
+			first_sub = false;
+			appendStringInfoString(out, "{\"id\":");
+			escape_json(out, ss->id);
+			appendStringInfoString(out, ",\"subscription\":");
+			escape_json(out, ss->name);
+			if (ss->sub)
+				rtsub_subscription_describe(ss->sub, out);
+			appendStringInfoChar(out, '}');
+		}
+		appendStringInfoString(out, "]}");
+	}
+	appendStringInfoChar(out, ']');
 }

@@ -13,6 +13,8 @@
 
 #include "datatype/timestamp.h"
 #include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/dsm.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
 
@@ -46,6 +48,13 @@ typedef struct RtsubShared
 	pg_atomic_uint64 changes_decoded;
 	pg_atomic_uint64 stream_errors;
 	pg_atomic_uint64 stream_read_upto;	/* WAL position decoded up to */
+	pg_atomic_uint64 changes_evaluated; /* change x subscription evaluations */
+	pg_atomic_uint64 changes_delivered; /* change messages queued for clients */
+	pg_atomic_uint64 window_bytes;	/* gauge: memory of the resume window */
+	pg_atomic_uint64 window_start;	/* LSN of the window's start */
+	pg_atomic_uint64 slot_confirmed;	/* LSN the slot is confirmed up to */
+	pg_atomic_uint64 snapshots_started;
+	pg_atomic_uint64 resets_sent;
 
 	/* WebSocket sessions (ws_server.c) */
 	pg_atomic_uint64 ws_sessions_accepted;	/* upgrades accepted */
@@ -69,6 +78,12 @@ typedef struct RtsubShared
 	 * restarts; new whenever the stream's continuity is lost
 	 */
 	char		epoch[RTSUB_EPOCH_LEN + 1];
+
+	/* on-demand descriptions of the sessions (monitor.c), under mutex */
+	uint64		dump_requested;
+	uint64		dump_served;
+	dsm_handle	dump_handle;
+	ConditionVariable dump_cv;
 } RtsubShared;
 
 /* NULL unless rtsub is in shared_preload_libraries */

@@ -46,6 +46,7 @@
 #include "utils/resowner.h"
 
 #include "config.h"
+#include "shmem.h"
 #include "snapshot.h"
 
 #define SNAPSHOT_MAGIC		0x72747331
@@ -170,6 +171,8 @@ start_reader(RtsubSnapshotReader *r)
 	r->seg = seg;
 	r->mqh = shm_mq_attach(mq, seg, r->handle);
 	r->running = true;
+	if (rtsub_shared)
+		pg_atomic_fetch_add_u64(&rtsub_shared->snapshots_started, 1);
 	pfree(r->request);
 	r->request = NULL;
 	return true;

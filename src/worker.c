@@ -48,6 +48,7 @@
 #include "config.h"
 #include "auth_jwt.h"
 #include "evaluate.h"
+#include "monitor.h"
 #include "stream.h"
 #include "shmem.h"
 #include "window.h"
@@ -258,6 +259,7 @@ poll_stream(void)
 				rtsub_evaluate_segment(seg);
 				rtsub_stream_confirm(rtsub_window_checkpoint(upto, GetCurrentTimestamp()));
 				pg_atomic_write_u64(&rtsub_shared->stream_read_upto, upto);
+				pg_atomic_write_u64(&rtsub_shared->slot_confirmed, rtsub_stream_confirmed());
 				CHECK_FOR_INTERRUPTS();
 			} while (n >= STREAM_BATCH);
 		}
@@ -310,6 +312,9 @@ step_engine(void)
 	PG_TRY();
 	{
 		more = rtsub_engine_step(rtsub_stream_read_upto(), GetCurrentTimestamp());
+		pg_atomic_write_u64(&rtsub_shared->window_bytes, rtsub_window_bytes());
+		pg_atomic_write_u64(&rtsub_shared->window_start, rtsub_window_start().lsn);
+		rtsub_monitor_serve();
 	}
 	PG_CATCH();
 	{
@@ -372,7 +377,7 @@ rtsub_worker_main(Datum main_arg)
 		MemoryContextReset(iteration_cxt);
 		MemoryContextSwitchTo(iteration_cxt);
 
-		nevents = WaitEventSetWait(set, busy ? 0 : rtsub_ws_timeout(MAX_WAIT_MS),
+		nevents = WaitEventSetWait(set, busy ? 0 : rtsub_ws_timeout(rtsub_engine_wait_ms(MAX_WAIT_MS)),
 								   events, lengthof(events), PG_WAIT_EXTENSION);
 		for (i = 0; i < nevents; i++)
 		{
