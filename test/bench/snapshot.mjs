@@ -185,7 +185,8 @@ const cpu0 = cpuSeconds(pid);
 let sampling = true;
 const sampler = (async () => {
   while (sampling) {
-    const m = memory(pid);
+    let m;
+    try { m = memory(pid); } catch { snapError = snapError || `the rtsub server worker (pid ${pid}) is gone`; break; }
     for (const k of Object.keys(m)) if (m[k] > (peak[k] || 0)) peak[k] = m[k];
     if (snapPid) {
       try {
@@ -225,6 +226,7 @@ if (perf) {
   perf.kill('SIGINT');
   await new Promise((r) => perf.on('exit', r));
 }
+if (snapError) fail(`snapshot client: ${snapError}`);
 const cpuServer = cpuSeconds(pid) - cpu0;
 writing = false;
 await writer;
