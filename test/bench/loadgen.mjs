@@ -11,6 +11,7 @@
 //     token: signer(secret, (i) => ({ role: 'r', sub: `user${i}` })),
 //     subscribe: (i) => ({ subscription: 'name', params: {} }),
 //     onMessage: (i, msg) => {},      // optional, every parsed message
+//     raw: false,                     // true: after the ack, onMessage gets Buffers
 //   });
 //   pool.summary()   // { open, subscribed, failed, closed, closeCodes, errors }
 //   await pool.waitClosed(ms)        // until every socket is closed
@@ -102,7 +103,9 @@ function openOne(i, o, rec) {
       ws.on('message', (data, isBinary) => {
         rec.messages++;
         rec.bytes += data.length;
-        if (o.raw) { o.onMessage?.(i, data, rec); return; }
+        // raw: once subscribed (or welcomed, without a subscription), the
+        // messages go to onMessage unparsed (a Buffer)
+        if (o.raw && settled) { o.onMessage?.(i, data, rec); return; }
         let m;
         try { m = binary || isBinary ? mpDecode(data) : JSON.parse(data.toString()); }
         catch (e) { rec.error = `bad message: ${e.message}`; return; }

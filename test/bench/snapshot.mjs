@@ -16,14 +16,17 @@
 //   `ts` (same machine, same clock; microseconds), for every event of every
 //   client: p50 / p99 / max, first for 5 s without a snapshot (the
 //   baseline), then while the snapshot runs.
-// * The snapshot client subscribes with snapshot: true (chunkRows
-//   BENCH_SNAPSHOT_CHUNK_ROWS, default 1000 as the protocol's; chunkBytes
-//   default 1 MB) and
-//   parses every chunk, as a real client would, checking that every id
-//   arrives exactly once.  MB/s = bytes of the `snapshot` messages (their
+// * The snapshot client runs in a thread of its own (worker_threads: its
+//   JSON parsing must not delay the other clients' event loop); it
+//   subscribes with snapshot: true (chunkRows BENCH_SNAPSHOT_CHUNK_ROWS,
+//   default 1000 as the protocol's; chunkBytes default 1 MB) and parses
+//   every chunk, as a real client would, checking that every id arrives
+//   exactly once.  MB/s = bytes of the `snapshot` messages (their
 //   WebSocket payloads) / the time from sending subscribe to the last
 //   chunk, in 10^6 bytes.
-// * Memory: VmRSS of the "rtsub server" worker sampled every 20 ms: its
+// * Memory: the worker is restarted first (BENCH_SNAPSHOT_FRESH=1, the
+//   default), so that earlier benchmarks' heap does not hide growth; then
+//   VmRSS of the "rtsub server" worker is sampled every 20 ms: its
 //   peak during the snapshot minus its value just before it (RssAnon and
 //   RssShmem, the shared memory queue it reads chunks from, reported
 //   apart).  The "rtsub snapshot" worker that reads the table is a
@@ -35,15 +38,52 @@
 // env: PGHOST/PGPORT/PGDATABASE of a cluster whose rtsub server streams it;
 // BENCH_SNAPSHOT_ROWS (1000000), BENCH_SNAPSHOT_CHUNK_ROWS (1000),
 // BENCH_SNAPSHOT_SUBSCRIBERS (100), BENCH_SNAPSHOT_PROTOCOL (rtsub.v1.json),
+// BENCH_SNAPSHOT_FRESH (1: restart the worker first),
 // BENCH_SNAPSHOT_PERF=FILE: `perf record -a -g -o FILE` while the snapshot
 // runs (profiling; then: perf report -i FILE --sort pid,sym)
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import pg from 'pg';
 import WebSocket from 'ws';
 import { openClients, signer, JSON_P, MSGPACK_P } from './loadgen.mjs';
 import { decode as mpDecode } from '@msgpack/msgpack';
 import { workerPid, memory, cpuSeconds, loadavg, MB, sleep } from './procstat.mjs';
+
+// the snapshot client thread: subscribes on 'go', checks every row, reports
+if (!isMainThread) {
+  const { port, token, protocol, rows, chunkRows } = workerData;
+  const now = () => performance.timeOrigin + performance.now();
+  const seen = new Uint8Array(rows + 1);
+  const r = { snapBytes: 0, snapRows: 0, chunks: 0, dupes: 0, missing: 0, tSub: 0, tLast: 0, tLive: 0 };
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/ws`, protocol,
+    { headers: { Authorization: `Bearer ${token}` }, perMessageDeflate: false, maxPayload: 1 << 30 });
+  ws.on('error', (e) => parentPort.postMessage({ error: e.message }));
+  ws.on('close', (code, reason) => { if (!r.tLive) parentPort.postMessage({ error: `closed ${code} ${reason}` }); });
+  parentPort.on('message', () => {
+    r.tSub = now();
+    ws.send(JSON.stringify({ type: 'subscribe', id: 'snap', subscription: 'bench_snap_own', snapshot: true, chunkRows }));
+  });
+  ws.on('message', (data, isBinary) => {
+    const m = isBinary ? mpDecode(data) : JSON.parse(data.toString());
+    if (m.type === 'welcome') parentPort.postMessage('ready');
+    else if (m.type === 'snapshot') {
+      r.snapBytes += data.length;
+      r.chunks++;
+      for (const row of m.rows) {
+        const id = Number(row.id);
+        if (seen[id]) r.dupes++;
+        seen[id] = 1;
+      }
+      r.snapRows += m.rows.length;
+      if (m.last) r.tLast = now();
+    } else if (m.type === 'live') {
+      r.tLive = now();
+      for (let id = 1; id <= rows; id++) if (!seen[id]) r.missing++;
+      parentPort.postMessage(r);
+    } else if (m.type === 'error' || m.type === 'reset') parentPort.postMessage({ error: JSON.stringify(m) });
+  });
+} else {
 
 const ROWS = Number(process.env.BENCH_SNAPSHOT_ROWS || 1000000);
 const CHUNK_ROWS = Number(process.env.BENCH_SNAPSHOT_CHUNK_ROWS || 1000);
@@ -103,8 +143,18 @@ await db.query("SELECT rtsub.publish('bench_snap_live')");
 await db.query("SELECT rtsub.create_subscription('bench_snap_live_all', 'bench_snap_live')");
 console.log(`(snapshot) table of ${ROWS} rows, ${tableMB.toFixed(0)} MB on disk, loaded in ${((Date.now() - tLoad) / 1000).toFixed(1)} s`);
 
-const pid = await workerPid(db);
+// a fresh worker: its heap not grown by what ran before (10k connections...)
+let pid = await workerPid(db);
 if (!pid) fail('no rtsub server worker');
+if ((process.env.BENCH_SNAPSHOT_FRESH || '1') === '1') {
+  await db.query('SELECT pg_terminate_backend($1)', [pid]);
+  for (let k = 0; k < 300; k++) {
+    await sleep(100);
+    const p = await workerPid(db);
+    if (p && p !== pid) { pid = p; break; }
+  }
+  if (!(await db.query('SELECT rtsub.wait_until_running(20000) AS up')).rows[0].up) fail('the worker did not come back');
+}
 const token = signer(secret, (i) => ({ role: 'rt_bench', sub: i < 0 ? 'bulk' : `user${i}` }));
 
 // the other clients, and the writer
@@ -132,40 +182,20 @@ const writer = (async () => {
   }
 })();
 
-// the snapshot client: connected, not yet subscribed
-const seen = new Uint8Array(ROWS + 1);
-let snapBytes = 0;
-let snapRows = 0;
-let chunks = 0;
-let dupes = 0;
-let tSub = 0;
-let tLast = 0;
-let tLive = 0;
-let snapError = null;
-const snapWs = await new Promise((resolve, reject) => {
-  token(-1).then((tok) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/ws`, PROTOCOL,
-      { headers: { Authorization: `Bearer ${tok}` }, perMessageDeflate: false, maxPayload: 1 << 30 });
-    ws.on('error', reject);
-    ws.on('close', (code, reason) => { if (!tLive) snapError = `closed ${code} ${reason}`; });
-    ws.on('message', (data, isBinary) => {
-      const m = isBinary ? mpDecode(data) : JSON.parse(data.toString());
-      if (m.type === 'welcome') resolve(ws);
-      else if (m.type === 'snapshot') {
-        snapBytes += data.length;
-        chunks++;
-        for (const r of m.rows) {
-          const id = Number(r.id);
-          if (seen[id]) dupes++;
-          seen[id] = 1;
-        }
-        snapRows += m.rows.length;
-        if (m.last) tLast = nowMs();
-      } else if (m.type === 'live') tLive = nowMs();
-      else if (m.type === 'error' || m.type === 'reset') snapError = JSON.stringify(m);
-    });
-  }, reject);
+// the snapshot client, in a thread of its own (its parsing must not delay
+// the other clients' event loop): connected, not yet subscribed
+const snap = new Worker(new URL(import.meta.url), {
+  workerData: { port, token: await token(-1), protocol: PROTOCOL, rows: ROWS, chunkRows: CHUNK_ROWS },
 });
+let snapResult = null;
+let snapError = null;
+snap.on('error', (e) => { snapError = `snapshot client thread: ${e.message}`; });
+await new Promise((resolve) => snap.on('message', (m) => {
+  if (m === 'ready') resolve();
+  else if (m.error) { snapError = m.error; resolve(); }
+  else snapResult = m;
+}));
+if (snapError) fail(snapError);
 
 // baseline latency, 5 s
 phase = 'before';
@@ -208,8 +238,7 @@ if (process.env.BENCH_SNAPSHOT_PERF) {
   await sleep(500);
 }
 phase = 'during';
-tSub = nowMs();
-snapWs.send(JSON.stringify({ type: 'subscribe', id: 'snap', subscription: 'bench_snap_own', snapshot: true, chunkRows: CHUNK_ROWS }));
+snap.postMessage('go');
 (async () => {
   for (let k = 0; k < 500 && !snapPid; k++) {
     const r = await db.query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'rtsub snapshot'");
@@ -218,7 +247,7 @@ snapWs.send(JSON.stringify({ type: 'subscribe', id: 'snap', subscription: 'bench
   }
 })();
 const deadline = Date.now() + 600000;
-while (!tLive && !snapError && Date.now() < deadline) await sleep(20);
+while (!snapResult && !snapError && Date.now() < deadline) await sleep(20);
 phase = null;
 sampling = false;
 await sampler;
@@ -231,9 +260,10 @@ const cpuServer = cpuSeconds(pid) - cpu0;
 writing = false;
 await writer;
 if (snapError) fail(`snapshot client: ${snapError}`);
-if (!tLive) fail('no live message within 10 minutes');
-if (snapRows !== ROWS || dupes) fail(`snapshot rows ${snapRows}, duplicates ${dupes}, want ${ROWS}`);
-for (let id = 1; id <= ROWS; id++) if (!seen[id]) fail(`row ${id} missing from the snapshot`);
+if (!snapResult) fail('no live message within 10 minutes');
+if (snapResult.error) fail(`snapshot client: ${snapResult.error}`);
+const { snapBytes, snapRows, chunks, dupes, missing, tSub, tLast, tLive } = snapResult;
+if (snapRows !== ROWS || dupes || missing) fail(`snapshot rows ${snapRows}, duplicates ${dupes}, missing ${missing}, want ${ROWS}`);
 
 const secs = (tLast - tSub) / 1000;
 const mbps = snapBytes / secs / 1e6;
@@ -251,9 +281,10 @@ console.log(`    other clients: ${SUBS} subscribers, a commit every ${PERIOD_MS}
 console.log(`      without a snapshot: ${fmt(before)}`);
 console.log(`      during the snapshot: ${fmt(during)}`);
 console.log(`    (${secs < 3 ? 'the snapshot ran under 3 s: few latency samples; ' : ''}clients, writer and server share this machine's cores; load average ${loadavg()})`);
-snapWs.terminate();
+await snap.terminate();
 live.terminate();
 await wdb.end();
 await db.query('DROP TABLE bench_snap, bench_snap_live CASCADE');
 await db.end();
 process.exit(0);
+}
