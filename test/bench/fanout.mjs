@@ -18,7 +18,7 @@
 // BENCH_FANOUT_BURSTS (4)
 import pg from 'pg';
 import { openClients, signer } from './loadgen.mjs';
-import { workerPid, cpuSeconds, metrics, sleep, loadavg } from './procstat.mjs';
+import { workerPid, cpuSeconds, metrics, metricsErrors, sleep, loadavg } from './procstat.mjs';
 
 const S = Number(process.env.BENCH_FANOUT_SUBSCRIBERS || 1000);
 const R = Number(process.env.BENCH_FANOUT_ROWS || 500);
@@ -72,6 +72,8 @@ const rate = sent / secs;
 console.log(`(fanout) ${sent.toLocaleString('en')} messages to ${S} raw clients (${B} x ${R} rows) in ${secs.toFixed(2)} s = ${Math.round(rate).toLocaleString('en')} messages/s` +
   `   target >= 500,000/s ${rate >= 500000 ? 'PASS' : 'MISS'}`);
 console.log(`    worker CPU ${cpu.toFixed(2)} s = ${(cpu * 1e6 / sent).toFixed(2)} us per message (${(100 * cpu / secs).toFixed(0)} % of one core); load average ${loadavg()}`);
+if (metricsErrors.length)
+  console.log(`    note: ${metricsErrors.length} /metrics request(s) failed and were retried: ${[...new Set(metricsErrors)].join(', ')}`);
 pool.terminate();
 await db.query('DROP TABLE bench_fanout CASCADE');
 await db.end();

@@ -32,19 +32,34 @@ export function fdCount(pid) {
   return readdirSync(`/proc/${pid}/fd`).length;
 }
 
-// all metrics of /metrics as { name: number } (a fresh connection each time)
-export function metrics(port, host = '127.0.0.1') {
+// all metrics of /metrics as { name: number } (a fresh connection each
+// time; a connection error is retried, and counted in metricsErrors)
+export const metricsErrors = [];
+function metricsOnce(port, host) {
   return new Promise((resolve, reject) => {
     http.get({ host, port, path: '/metrics', agent: false }, (res) => {
       let body = '';
       res.on('data', (d) => { body += d; });
+      res.on('error', reject);
       res.on('end', () => {
         const out = {};
         for (const m of body.matchAll(/^([a-z_]+) ([0-9.e+-]+)$/gm)) out[m[1]] = Number(m[2]);
-        resolve(out);
+        if (!('rtsub_up' in out)) reject(new Error(`incomplete /metrics response (${res.statusCode}, ${body.length} bytes)`));
+        else resolve(out);
       });
     }).on('error', reject);
   });
+}
+export async function metrics(port, host = '127.0.0.1') {
+  for (let k = 0; ; k++) {
+    try {
+      return await metricsOnce(port, host);
+    } catch (e) {
+      metricsErrors.push(e.code || e.message);
+      if (k >= 4) throw e;
+      await sleep(50);
+    }
+  }
 }
 
 export const MB = (b) => (b / 1048576).toFixed(1);
