@@ -15,6 +15,7 @@
 // env: PGHOST/PGPORT/PGDATABASE of a cluster whose rtsub server streams it;
 // BENCH_SUBSCRIBERS (1000), BENCH_RATE (1000/s), BENCH_SECONDS (10),
 // BENCH_BURST_ROWS (500), BENCH_BURSTS (4)
+import fs from 'node:fs';
 import http from 'node:http';
 import * as jose from 'jose';
 import pg from 'pg';
@@ -60,7 +61,9 @@ async function connectAll(subscription, onChange, extra = {}) {
         const tok = await new jose.SignJWT({ role: 'rt_bench', sub: `user${i}` })
           .setProtectedHeader({ alg: 'HS256' }).setIssuedAt().setExpirationTime('1h').sign(key);
         const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/ws`, 'rtsub.v1.json',
-          { headers: { Authorization: `Bearer ${tok}` } });
+          // no permessage-deflate: ws inflates on a small thread pool,
+          // which would make the clients the bottleneck
+          { headers: { Authorization: `Bearer ${tok}` }, perMessageDeflate: false });
         sockets.push(ws);
         await new Promise((resolve, reject) => {
           ws.on('error', reject);
@@ -124,11 +127,18 @@ function sentTotal() {
     }).on('error', reject);
   });
 }
+// the server worker's CPU time (user + system), in seconds
+const workerPid = (await db.query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'rtsub server'")).rows[0].pid;
+function workerCpu() {
+  const f = fs.readFileSync(`/proc/${workerPid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
 let firstId = 0;
 for (const batchSize of [1, 100]) {
   fanReceived = 0;
   sockets = await connectAll('bench_fan_all', () => { fanReceived++; }, { batchSize });
   const before = await sentTotal();
+  const cpu0 = workerCpu();
   const expect = BURST_ROWS * BURSTS * S;
   const t1 = Date.now();
   for (let b = 0; b < BURSTS; b++, firstId += BURST_ROWS)
@@ -137,7 +147,9 @@ for (const batchSize of [1, 100]) {
   const secs = (Date.now() - t1) / 1000;
   const rate = fanReceived / secs;
   const frames = (await sentTotal()) - before;
+  const cpu = workerCpu() - cpu0;
   console.log(`(c) delivered, batchSize ${batchSize}: ${fanReceived} of ${expect} events to ${S} subscribers in ${secs.toFixed(2)} s = ${Math.round(rate).toLocaleString('en')} events/s in ${frames} messages   target >= 500,000/s ${rate >= 500000 ? 'PASS' : 'MISS'}`);
+  console.log(`    server worker CPU ${cpu.toFixed(2)} s: ${Math.round(fanReceived / Math.max(cpu, 0.01)).toLocaleString('en')} events per CPU second of the server (its capacity without the clients' share of the machine)`);
   for (const ws of sockets) ws.terminate();
   await sleep(500);
 }
