@@ -691,9 +691,14 @@ enqueue(RtsubSession *s, const char *data, size_t len, int priority)
 	memcpy(item->buf + LWS_PRE, data, len);
 	dlist_push_tail(&s->queue[priority], &item->node);
 	s->queued_bytes += len;
-	s->queued_messages++;
 	s->last_sent_ms = now_unix_ms();
-	lws_callback_on_writable(s->wsi);
+	/*
+	 * ask for a writable callback when the queue stops being empty; while
+	 * it is not, one is pending (drain_queue asks again), and asking costs
+	 * an epoll_ctl
+	 */
+	if (s->queued_messages++ == 0)
+		lws_callback_on_writable(s->wsi);
 	return true;
 }
 
@@ -958,7 +963,12 @@ drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int 
 		s->bytes_sent += item->len;
 		free(item);
 		n++;
-		if (lws_send_pipe_choked(wsi))
+		/*
+		 * lws buffers what the socket did not take (and must not be given
+		 * more then); checking that costs no syscall, unlike
+		 * lws_send_pipe_choked()'s poll()
+		 */
+		if (lws_partial_buffered(wsi))
 			break;
 	}
 	if (s->queued_messages > 0)
