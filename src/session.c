@@ -99,6 +99,7 @@
 typedef struct SendItem
 {
 	dlist_node	node;
+	TimestampTz commit_time;	/* of the change it carries, or 0 */
 	size_t		len;
 	unsigned char buf[FLEXIBLE_ARRAY_MEMBER];	/* LWS_PRE + len bytes */
 } SendItem;
@@ -184,6 +185,7 @@ typedef struct WsPss
 
 static dlist_head sessions = DLIST_STATIC_INIT(sessions);
 static uint64 session_serial = 0;	/* ids of sessions, for rtsub.connections */
+static TimestampTz event_commit_time = 0;	/* see rtsub_session_event_time */
 static int	nsessions = 0;			/* established sessions */
 static MemoryContext scratch_cxt = NULL;
 static lws_sorted_usec_list_t tick_sul;
@@ -691,6 +693,7 @@ enqueue(RtsubSession *s, const char *data, size_t len, int priority)
 		return false;
 	}
 	item->len = len;
+	item->commit_time = event_commit_time;
 	memcpy(item->buf + LWS_PRE, data, len);
 	dlist_push_tail(&s->queue[priority], &item->node);
 	s->queued_bytes += len;
@@ -974,6 +977,8 @@ drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int 
 		}
 		s->messages_sent++;
 		s->bytes_sent += item->len;
+		if (item->commit_time != 0)
+			rtsub_observe_latency(item->commit_time, GetCurrentTimestamp());
 		free(item);
 		n++;
 		/*
@@ -1017,6 +1022,8 @@ drain_frames(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind)
 		size_t		len = 0;
 		int			nframes = 0;
 		SendItem   *item;
+		int			ncommits = 0;
+		TimestampTz commit_times[COALESCE_BYTES / 2];	/* frames are >= 2 bytes */
 
 		while (s->queued_messages > 0 && (item = peek_item(s)) != NULL &&
 			   (nframes == 0 || len + item->len + 10 <= COALESCE_BYTES))
@@ -1051,6 +1058,8 @@ drain_frames(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind)
 				pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
 				pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
 			}
+			if (item->commit_time != 0)
+				commit_times[ncommits++] = item->commit_time;
 			free(item);
 			nframes++;
 		}
@@ -1058,6 +1067,13 @@ drain_frames(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind)
 			break;
 		if (lws_write(wsi, buf + LWS_PRE, len, LWS_WRITE_RAW) < (int) len)
 			return -1;			/* the connection failed */
+		if (ncommits > 0)
+		{
+			TimestampTz now = GetCurrentTimestamp();
+
+			for (int i = 0; i < ncommits; i++)
+				rtsub_observe_latency(commit_times[i], now);
+		}
 		writes++;
 		if (lws_partial_buffered(wsi))
 			break;
@@ -2398,4 +2414,15 @@ rtsub_sessions_describe(StringInfo out)
 		appendStringInfoString(out, "]}");
 	}
 	appendStringInfoChar(out, ']');
+}
+
+/*
+ * The commit time of the change the next messages carry (0: none), for the
+ * commit-to-send latency histogram; set by the engine around sending a
+ * change
+ */
+void
+rtsub_session_event_time(TimestampTz commit_time)
+{
+	event_commit_time = commit_time;
 }

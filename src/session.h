@@ -46,6 +46,9 @@ extern bool rtsub_session_send(RtsubSession *session, const char *data, size_t l
 extern bool rtsub_session_send_priority(RtsubSession *session, const char *data,
 										size_t len, int priority);
 
+/* the commit time of the change the next messages carry (0: none) */
+extern void rtsub_session_event_time(TimestampTz commit_time);
+
 /* the session's wire format */
 extern RtsubFormat rtsub_session_format(RtsubSession *session);
 
