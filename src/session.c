@@ -60,6 +60,7 @@
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
+#include "audit.h"
 #include "auth_jwt.h"
 #include "config.h"
 #include "protocol.h"
@@ -236,12 +237,15 @@ audit(const char *fmt,...)
 	char		buf[1024];
 	va_list		ap;
 
-	if (!rtsub_audit_log)
+	if (!rtsub_audit_log && !rtsub_audit_table)
 		return;
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	ereport(LOG, (errmsg_internal("rtsub: %s", buf), errhidestmt(true)));
+	if (rtsub_audit_log)
+		ereport(LOG, (errmsg_internal("rtsub: %s", buf), errhidestmt(true)));
+	if (rtsub_audit_table)
+		rtsub_audit_record(buf);
 }
 
 /* count in a shared counter */
