@@ -680,8 +680,12 @@ enqueue(RtsubSession *s, const char *data, size_t len, int priority)
 
 	if (s == NULL || s->closing || s->wsi == NULL)
 		return false;
-	if (s->queued_bytes > 0 &&
-		s->queued_bytes + len > (size_t) rtsub_max_send_buffer)
+	/*
+	 * the queue may pass the limit by one message (a large change is
+	 * queued whole); a message that finds it already past the limit means
+	 * the client does not keep up
+	 */
+	if (s->queued_bytes > (size_t) rtsub_max_send_buffer)
 	{
 		count(&rtsub_shared->ws_slow_consumers, 1);
 		audit("slow consumer closed: %s (role %s%s): more than %d bytes queued",
