@@ -14,6 +14,7 @@ OBJS = \
 	src/window.o \
 	src/snapshot.o \
 	src/monitor.o \
+	src/audit.o \
 	src/evaluate.o \
 	src/encode_json.o \
 	src/encode_msgpack.o \
@@ -52,3 +53,7 @@ bench:
 	bash test/bench/run-eval
 demo:
 	bash test/demo
+
+# every object depends on every header of ours (PGXS tracks no header
+# dependencies unless PostgreSQL was configured with --enable-depend)
+$(OBJS): $(wildcard $(srcdir)/src/*.h)

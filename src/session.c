@@ -60,6 +60,7 @@
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
+#include "audit.h"
 #include "auth_jwt.h"
 #include "config.h"
 #include "protocol.h"
@@ -99,6 +100,7 @@
 typedef struct SendItem
 {
 	dlist_node	node;
+	TimestampTz commit_time;	/* of the change it carries, or 0 */
 	size_t		len;
 	unsigned char buf[FLEXIBLE_ARRAY_MEMBER];	/* LWS_PRE + len bytes */
 } SendItem;
@@ -133,6 +135,9 @@ struct RtsubSession
 								 * written */
 	bool		end_when_drained;	/* SSE: end the stream once the queue
 									 * is written (its subscription ended) */
+	bool		frames_raw;		/* WebSocket without extensions: queued
+								 * messages are framed here and written
+								 * several per send (see drain_frames) */
 	int			close_code;
 	char		close_reason[124];
 
@@ -181,6 +186,7 @@ typedef struct WsPss
 
 static dlist_head sessions = DLIST_STATIC_INIT(sessions);
 static uint64 session_serial = 0;	/* ids of sessions, for rtsub.connections */
+static TimestampTz event_commit_time = 0;	/* see rtsub_session_event_time */
 static int	nsessions = 0;			/* established sessions */
 static MemoryContext scratch_cxt = NULL;
 static lws_sorted_usec_list_t tick_sul;
@@ -231,12 +237,15 @@ audit(const char *fmt,...)
 	char		buf[1024];
 	va_list		ap;
 
-	if (!rtsub_audit_log)
+	if (!rtsub_audit_log && !rtsub_audit_table)
 		return;
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	ereport(LOG, (errmsg_internal("rtsub: %s", buf), errhidestmt(true)));
+	if (rtsub_audit_log)
+		ereport(LOG, (errmsg_internal("rtsub: %s", buf), errhidestmt(true)));
+	if (rtsub_audit_table)
+		rtsub_audit_record(buf);
 }
 
 /* count in a shared counter */
@@ -671,8 +680,12 @@ enqueue(RtsubSession *s, const char *data, size_t len, int priority)
 
 	if (s == NULL || s->closing || s->wsi == NULL)
 		return false;
-	if (s->queued_bytes > 0 &&
-		s->queued_bytes + len > (size_t) rtsub_max_send_buffer)
+	/*
+	 * the queue may pass the limit by one message (a large change is
+	 * queued whole); a message that finds it already past the limit means
+	 * the client does not keep up
+	 */
+	if (s->queued_bytes > (size_t) rtsub_max_send_buffer)
 	{
 		count(&rtsub_shared->ws_slow_consumers, 1);
 		audit("slow consumer closed: %s (role %s%s): more than %d bytes queued",
@@ -688,12 +701,18 @@ enqueue(RtsubSession *s, const char *data, size_t len, int priority)
 		return false;
 	}
 	item->len = len;
+	item->commit_time = event_commit_time;
 	memcpy(item->buf + LWS_PRE, data, len);
 	dlist_push_tail(&s->queue[priority], &item->node);
 	s->queued_bytes += len;
-	s->queued_messages++;
 	s->last_sent_ms = now_unix_ms();
-	lws_callback_on_writable(s->wsi);
+	/*
+	 * ask for a writable callback when the queue stops being empty; while
+	 * it is not, one is pending (drain_queue asks again), and asking costs
+	 * an epoll_ctl
+	 */
+	if (s->queued_messages++ == 0)
+		lws_callback_on_writable(s->wsi);
 	return true;
 }
 
@@ -846,6 +865,16 @@ rtsub_session_send(RtsubSession *s, const char *data, size_t len)
 	return rtsub_session_send_priority(s, data, len, RTSUB_DEFAULT_PRIORITY);
 }
 
+/* the queued message that next_item() returns next, left in the queue */
+static SendItem *
+peek_item(RtsubSession *s)
+{
+	for (int p = RTSUB_PRIORITIES - 1; p >= 0; p--)
+		if (!dlist_is_empty(&s->queue[p]))
+			return dlist_container(SendItem, node, dlist_head_node(&s->queue[p]));
+	return NULL;
+}
+
 /* the queued message to write next (highest priority first), or NULL */
 static SendItem *
 next_item(RtsubSession *s)
@@ -956,9 +985,105 @@ drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int 
 		}
 		s->messages_sent++;
 		s->bytes_sent += item->len;
+		if (item->commit_time != 0)
+			rtsub_observe_latency(item->commit_time, GetCurrentTimestamp());
 		free(item);
 		n++;
-		if (lws_send_pipe_choked(wsi))
+		/*
+		 * lws buffers what the socket did not take (and must not be given
+		 * more then); checking that costs no syscall, unlike
+		 * lws_send_pipe_choked()'s poll()
+		 */
+		if (lws_partial_buffered(wsi))
+			break;
+	}
+	if (s->queued_messages > 0)
+		lws_callback_on_writable(wsi);
+	return 0;
+}
+
+/*
+ * Write queued messages of a WebSocket session without extensions: framed
+ * here (server frames are unmasked: FIN + opcode, the length in 1, 3 or 9
+ * bytes) and written many per lws_write as raw bytes, so that a client
+ * receiving many small messages costs one send() per up to
+ * COALESCE_BYTES instead of one per message.  Messages larger than that
+ * go through lws's own framing.  The frames of one lws_write are whole, so
+ * lws's own writes (close, ping) can only come between frames.
+ */
+#define COALESCE_BYTES (64 * 1024)
+
+static int
+drain_frames(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind)
+{
+	static unsigned char *buf = NULL;
+	int			writes = 0;
+
+	if (buf == NULL)
+	{
+		buf = malloc(LWS_PRE + COALESCE_BYTES);
+		if (buf == NULL)
+			return drain_queue(s, wsi, kind, 0);
+	}
+	while (s->queued_messages > 0 && writes < MAX_WRITES_PER_CALLBACK)
+	{
+		size_t		len = 0;
+		int			nframes = 0;
+		SendItem   *item;
+		int			ncommits = 0;
+		TimestampTz commit_times[COALESCE_BYTES / 2];	/* frames are >= 2 bytes */
+
+		while (s->queued_messages > 0 && (item = peek_item(s)) != NULL &&
+			   (nframes == 0 || len + item->len + 10 <= COALESCE_BYTES))
+		{
+			unsigned char *p;
+
+			if (item->len + 10 > COALESCE_BYTES)
+			{
+				if (nframes > 0)
+					break;		/* write what is gathered first */
+				return drain_queue(s, wsi, kind, writes);	/* a big one */
+			}
+			item = next_item(s);
+			p = buf + LWS_PRE + len;
+			*p++ = 0x80 | (kind == LWS_WRITE_BINARY ? 0x2 : 0x1);
+			if (item->len < 126)
+				*p++ = (unsigned char) item->len;
+			else
+			{
+				*p++ = 126;
+				*p++ = (unsigned char) (item->len >> 8);
+				*p++ = (unsigned char) item->len;
+			}
+			memcpy(p, item->buf + LWS_PRE, item->len);
+			len = (p + item->len) - (buf + LWS_PRE);
+			s->queued_bytes -= item->len;
+			s->queued_messages--;
+			s->messages_sent++;
+			s->bytes_sent += item->len;
+			if (rtsub_shared)
+			{
+				pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
+				pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
+			}
+			if (item->commit_time != 0)
+				commit_times[ncommits++] = item->commit_time;
+			free(item);
+			nframes++;
+		}
+		if (len == 0)
+			break;
+		if (lws_write(wsi, buf + LWS_PRE, len, LWS_WRITE_RAW) < (int) len)
+			return -1;			/* the connection failed */
+		if (ncommits > 0)
+		{
+			TimestampTz now = GetCurrentTimestamp();
+
+			for (int i = 0; i < ncommits; i++)
+				rtsub_observe_latency(commit_times[i], now);
+		}
+		writes++;
+		if (lws_partial_buffered(wsi))
 			break;
 	}
 	if (s->queued_messages > 0)
@@ -1001,6 +1126,8 @@ on_writeable(struct lws *wsi, RtsubSession *s)
 		return 0;
 	}
 
+	if (s->frames_raw)
+		return drain_frames(s, wsi, kind);
 	return drain_queue(s, wsi, kind, n);
 }
 
@@ -1497,6 +1624,8 @@ on_established(struct lws *wsi, RtsubSession *s)
 		"rtsub.v1.msgpack" : "rtsub.v1.json";
 
 	s->established = true;
+	/* no extension was offered, so none is active: frames are plain */
+	s->frames_raw = lws_hdr_total_length(wsi, WSI_TOKEN_EXTENSIONS) <= 0;
 	dlist_push_tail(&sessions, &s->node);
 	nsessions++;
 	count(&rtsub_shared->ws_sessions_open, 1);
@@ -2293,4 +2422,15 @@ rtsub_sessions_describe(StringInfo out)
 		appendStringInfoString(out, "]}");
 	}
 	appendStringInfoChar(out, ']');
+}
+
+/*
+ * The commit time of the change the next messages carry (0: none), for the
+ * commit-to-send latency histogram; set by the engine around sending a
+ * change
+ */
+void
+rtsub_session_event_time(TimestampTz commit_time)
+{
+	event_commit_time = commit_time;
 }
