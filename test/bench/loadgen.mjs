@@ -230,7 +230,7 @@ export function forkClients({ procs, count, args }) {
     for (const m of list) {
       if (!m) continue;
       for (const [k, v] of Object.entries(m)) {
-        if (typeof v === 'number') out[k] = k === 'ms' ? Math.max(out[k] || 0, v) : (out[k] || 0) + v;
+        if (typeof v === 'number') out[k] = (k === 'ms' || k === 'msSinceReady') ? Math.max(out[k] || 0, v) : (out[k] || 0) + v;
         else if (v && typeof v === 'object') {
           out[k] = out[k] || {};
           for (const [kk, vv] of Object.entries(v)) out[k][kk] = (out[k][kk] || 0) + vv;
@@ -300,7 +300,7 @@ async function child(a) {
       if (pool.records.every((r) => !r.ws || r.ws.readyState === WebSocket.CLOSED)) {
         const s2 = pool.summary();
         const m = { event: 'closed', closed: s2.closed, closeCodes: s2.closeCodes,
-          ms: Math.round(performance.now() - start) };
+          msSinceReady: Math.round(performance.now() - start) };
         finished = true;
         if (process.send) process.send(m); else console.log(JSON.stringify(m));
         process.exit(0);
