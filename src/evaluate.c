@@ -39,6 +39,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "common/hashfn.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "access/xlog.h"
@@ -144,6 +145,31 @@ typedef struct RelSubs
 	Oid			relid;			/* hash key */
 	List	   *subs;			/* RtsubSubscription * */
 } RelSubs;
+
+/* shared column descriptions (see build_columns) */
+typedef struct ColumnsEntry
+{
+	char	   *key;			/* hash key: table, format, columns */
+	RtsubColumn *cols;
+	int			ncols;
+} ColumnsEntry;
+
+static HTAB *columns_cache = NULL;
+
+/* hash and compare of keys that are pointers to C strings */
+static uint32
+string_hash_ptr(const void *key, Size keysize)
+{
+	const char *s = *(char *const *) key;
+
+	return string_hash(s, strlen(s) + 1);
+}
+
+static int
+string_match_ptr(const void *a, const void *b, Size keysize)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
 
 static HTAB *subs_by_rel = NULL;
 static MemoryContext engine_cxt = NULL;
@@ -418,21 +444,67 @@ build_columns(RtsubSubscription *sub, Relation rel, Bitmapset *sent,
 			  RtsubFormat format)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
+	StringInfoData key;
+	ColumnsEntry *entry;
+	bool		found;
 	int			i;
 
-	sub->cols = palloc0(sizeof(RtsubColumn) * Max(desc->natts, 1));
-	sub->ncols = 0;
+	/*
+	 * Subscriptions of one table with the same columns share one
+	 * description (output functions, encoded keys): the key names the
+	 * table, the format and every sent column with its name and type, so a
+	 * changed table gets a new entry.
+	 */
+	initStringInfo(&key);
+	appendStringInfo(&key, "%u/%d", RelationGetRelid(rel), (int) format);
 	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
 		if (att->attisdropped || !bms_is_member(att->attnum, sent))
 			continue;
-		sub->cols[sub->ncols].attnum = att->attnum;
-		rtsub_column_init(&sub->cols[sub->ncols], NameStr(att->attname),
-						  att->atttypid, format, sub->cxt);
-		sub->ncols++;
+		appendStringInfo(&key, "/%d:%u:%s", att->attnum, att->atttypid,
+						 NameStr(att->attname));
 	}
+	if (columns_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(char *);
+		ctl.entrysize = sizeof(ColumnsEntry);
+		ctl.hash = string_hash_ptr;
+		ctl.match = string_match_ptr;
+		ctl.hcxt = engine_cxt;
+		columns_cache = hash_create("rtsub column descriptions", 64, &ctl,
+									HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	}
+	entry = hash_search(columns_cache, &key.data, HASH_FIND, &found);
+	if (entry == NULL)
+	{
+		char	   *stored = MemoryContextStrdup(engine_cxt, key.data);
+		RtsubColumn *cols = MemoryContextAllocZero(engine_cxt,
+												   sizeof(RtsubColumn) * Max(desc->natts, 1));
+		int			n = 0;
+
+		for (i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+
+			if (att->attisdropped || !bms_is_member(att->attnum, sent))
+				continue;
+			cols[n].attnum = att->attnum;
+			rtsub_column_init(&cols[n], NameStr(att->attname), att->atttypid,
+							  format, engine_cxt);
+			n++;
+		}
+		entry = hash_search(columns_cache, &stored, HASH_ENTER, &found);
+		entry->cols = cols;
+		entry->ncols = n;
+	}
+	sub->cols = entry->cols;
+	sub->ncols = entry->ncols;
+	pfree(key.data);
 }
 
 /*
@@ -853,7 +925,7 @@ rtsub_subscription_open(RtsubSession *session, const RtsubClientIdentity *who,
 	ensure_registry();
 	/* small blocks: thousands of these live for hours, each a few kB */
 	cxt = AllocSetContextCreate(engine_cxt, "rtsub subscription",
-								0, 1024, 2048);
+								0, 1024, 1024);
 	sub = MemoryContextAllocZero(cxt, sizeof(RtsubSubscription));
 	sub->cxt = cxt;
 	sub->session = session;
@@ -2016,7 +2088,13 @@ scan_relation(ChunkBuilder *cb, Relation rel, TupleDesc root_desc,
 			row = execute_attr_map_slot(map, slot, root_slot);
 		econtext->ecxt_scantuple = row;
 		if (row_visible(sub, econtext))
+		{
+			/* values' text forms are per-row garbage (the buffers grow in their own context) */
+			MemoryContext old = MemoryContextSwitchTo(econtext->ecxt_per_tuple_memory);
+
 			chunk_add(cb, row);
+			MemoryContextSwitchTo(old);
+		}
 		ResetExprContext(econtext);
 	}
 	table_endscan(scan);
@@ -2054,6 +2132,7 @@ rtsub_snapshot_scan(const RtsubSnapshotRequest *req, RtsubSnapshotEmit emit, voi
 	const char *code;
 	char	   *detail = NULL;
 
+	ensure_registry();			/* the shared column descriptions live there */
 	sub = MemoryContextAllocZero(cxt, sizeof(RtsubSubscription));
 	sub->cxt = cxt;
 	sub->format = req->format;
