@@ -5,7 +5,8 @@
 //
 // Replay order: by priority (critical, high, normal, low), then by age; the
 // writes to one row always keep their own order (a write waits for the
-// earlier writes to the same row, whatever their priority).
+// earlier writes to the same row, which go with the highest priority of the
+// writes to that row).
 //
 // Conflicts are detected by row version: a write remembers the version of
 // the row it was made against (`baseVersion`: the value of the view's
@@ -102,16 +103,20 @@ export class WriteQueue extends Emitter {
     return true;
   }
 
+  // the first write of each row (and every write not tied to a row), each
+  // with the highest priority of the writes to its row, in replay order
   _eligible() {
-    const seen = new Set();
+    const head = new Map();
+    const rank = new Map();
     const out = [];
     for (const e of [...this.items].sort((a, b) => a.seq - b.seq)) {
       const rk = e.key != null ? e.subKey + '\u0000' + e.key : null;
-      if (rk && seen.has(rk)) continue;      // an earlier write to this row goes first
-      if (rk) seen.add(rk);
-      if (e.status === 'pending') out.push(e);
+      if (!rk) { if (e.status === 'pending') out.push([e, RANK[e.priority]]); continue; }
+      if (!head.has(rk)) head.set(rk, e);     // an earlier write to this row goes first
+      rank.set(rk, Math.min(rank.get(rk) ?? 9, RANK[e.priority]));
     }
-    return out.sort((a, b) => RANK[a.priority] - RANK[b.priority] || a.seq - b.seq);
+    for (const [rk, e] of head) if (e.status === 'pending') out.push([e, rank.get(rk)]);
+    return out.sort((a, b) => a[1] - b[1] || a[0].seq - b[0].seq).map((x) => x[0]);
   }
 
   _pump() {

@@ -1,0 +1,123 @@
+// A small in-process stand-in for the rtsub server's WebSocket protocol
+// (docs/protocol.md), for unit tests of the client's protocol handling:
+// auth/welcome, subscribe with snapshot (in chunks) / resume / reset,
+// change, live, refresh, unsubscribe; JSON and MessagePack. One table of
+// rows with an `org` column; a subscription's params.org selects rows.
+// Tests drive it: commit(), resetAll(), dropAll(), silence().
+import { WebSocketServer } from 'ws';
+import { encode, decode } from '@msgpack/msgpack';
+
+export async function mockServer({ chunkRows = 2, epoch = '00000000000000aa' } = {}) {
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', handleProtocols: (ps) => [...ps][0] });
+  await new Promise((r) => wss.on('listening', r));
+  const state = {
+    epoch, lsn: 0x100, rows: new Map(), log: [], sessions: new Set(), received: [], silent: false,
+  };
+  const id = () => `0/${state.lsn.toString(16).toUpperCase()}`;
+  const visible = (row, params) => row && row.org === params.org;
+
+  function send(s, m) {
+    if (s.silent || s.ws.readyState !== 1) return;
+    s.ws.send(s.msgpack ? encode(m) : JSON.stringify(m));
+  }
+
+  function snapshot(s, sub, cid) {
+    const at = `${id()}:0`;
+    send(s, { type: 'subscribed', id: cid, at, epoch: state.epoch, snapshot: true, resumed: false });
+    const rows = [...state.rows.values()].filter((r) => visible(r, sub.params));
+    let chunk = 0;
+    for (let i = 0; i === 0 || i < rows.length; i += chunkRows) {
+      const part = rows.slice(i, i + chunkRows);
+      send(s, { type: 'snapshot', id: cid, chunk: chunk++, rows: part, last: i + chunkRows >= rows.length });
+    }
+    send(s, { type: 'live', id: cid, at, epoch: state.epoch });
+  }
+
+  wss.on('connection', (ws, req) => {
+    const s = { ws, msgpack: ws.protocol === 'rtsub.v1.msgpack', subs: new Map(), authed: false };
+    state.sessions.add(s);
+    ws.on('close', () => state.sessions.delete(s));
+    ws.on('message', (data, isBinary) => {
+      const m = isBinary ? decode(data) : JSON.parse(data.toString());
+      state.received.push(m);
+      if (m.type === 'auth') {
+        s.authed = true;
+        send(s, { type: 'welcome', protocol: 1, server: 'mock', epoch: state.epoch, role: 'r',
+          exp: Math.floor(Date.now() / 1000) + 3600, heartbeatMs: 1000, limits: {} });
+      } else if (m.type === 'subscribe') {
+        const sub = { params: m.params ?? {} };
+        s.subs.set(m.id, sub);
+        if (m.resume) {
+          const i = state.log.findIndex((e) => e.event === m.resume.after);
+          const known = m.resume.epoch === state.epoch && (i >= 0 || m.resume.after === `${id()}:0`);
+          if (!known) {
+            send(s, { type: 'reset', id: m.id, reason: m.resume.epoch === state.epoch ? 'beyond_window' : 'epoch_changed' });
+            if (m.snapshot) snapshot(s, sub, m.id); else s.subs.delete(m.id);
+            return;
+          }
+          send(s, { type: 'subscribed', id: m.id, at: m.resume.after, epoch: state.epoch, snapshot: false, resumed: true });
+          for (const e of state.log.slice(i + 1)) {
+            const ch = filterChange(e, sub.params);
+            if (ch) send(s, { type: 'change', id: m.id, ...ch });
+          }
+          send(s, { type: 'live', id: m.id, at: state.log.at(-1)?.event ?? m.resume.after, epoch: state.epoch });
+        } else if (m.snapshot) {
+          snapshot(s, sub, m.id);
+        } else {
+          send(s, { type: 'subscribed', id: m.id, at: `${id()}:0`, epoch: state.epoch, snapshot: false, resumed: false });
+        }
+      } else if (m.type === 'unsubscribe') {
+        s.subs.delete(m.id);
+        send(s, { type: 'unsubscribed', id: m.id });
+      } else if (m.type === 'refresh') {
+        send(s, { type: 'refreshed', exp: Math.floor(Date.now() / 1000) + 3600 });
+      } else if (m.type === 'ping') {
+        send(s, { type: 'pong', nonce: m.nonce });
+      }
+    });
+  });
+
+  // move-in / move-out as the server does them
+  function filterChange(e, params) {
+    const was = visible(e.oldRow, params);
+    const is = visible(e.row, params);
+    if (!was && !is) return null;
+    const op = e.op === 'update' ? (was && is ? 'update' : was ? 'delete' : 'insert') : e.op;
+    const row = e.op === 'delete' ? e.oldRow : e.row;
+    return { event: e.event, op, row, old: e.oldRow ? { id: e.oldRow.id } : undefined, ts: new Date().toISOString() };
+  }
+
+  return {
+    url: `http://127.0.0.1:${wss.address().port}`,
+    state,
+    /** commits one transaction of [op, row] (update/delete by row.id) */
+    commit(...changes) {
+      state.lsn += 0x10;
+      changes.forEach(([op, row], pos) => {
+        const oldRow = state.rows.get(row.id) ?? null;
+        if (op === 'delete') state.rows.delete(row.id); else state.rows.set(row.id, row);
+        const e = { event: `${id()}:${pos}`, op, row: op === 'delete' ? null : row, oldRow };
+        state.log.push(e);
+        for (const s of state.sessions) {
+          for (const [cid, sub] of s.subs) {
+            const ch = filterChange(e, sub.params);
+            if (ch) send(s, { type: 'change', id: cid, ...ch });
+          }
+        }
+      });
+    },
+    /** the server cannot keep the open subscriptions exact */
+    resetAll(reason = 'beyond_window') {
+      for (const s of state.sessions) for (const cid of [...s.subs.keys()]) {
+        send(s, { type: 'reset', id: cid, reason });
+        s.subs.delete(cid);
+      }
+    },
+    newEpoch(e) { state.epoch = e; state.log = []; },
+    dropAll() { for (const s of state.sessions) s.ws.terminate(); },
+    /** the open sessions stop sending (new ones do not) */
+    silence(on = true) { for (const s of state.sessions) s.silent = on; },
+    subscribes() { return state.received.filter((m) => m.type === 'subscribe'); },
+    close() { for (const s of state.sessions) s.ws.terminate(); wss.close(); },
+  };
+}
