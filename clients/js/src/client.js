@@ -214,7 +214,7 @@ export class RtsubClient extends Emitter {
       this._leaderWant(this.tabId, { key, name: v.name, params: v.params, keyCols: v.keyCols });
     }
     if (this.shared) {
-      this._post({ t: 'leader' });
+      this._post({ t: 'leader', status: this.status });
       this._gc = setInterval(() => this._collectTabs(), 2000);
     }
     this.emit('leader', { tabId: this.tabId });
@@ -246,7 +246,7 @@ export class RtsubClient extends Emitter {
     }
     await this.ensuring.get(spec.key);
     if (tab !== this.tabId && this.engine?.subs.has(spec.key)) {
-      this._post({ t: 'state', to: tab, key: spec.key, state: this.engine.stateOf(spec.key) });
+      this._post({ t: 'state', to: tab, key: spec.key, state: this.engine.stateOf(spec.key), status: this.status });
     }
   }
 
@@ -273,10 +273,11 @@ export class RtsubClient extends Emitter {
     if (!m || m.from === this.tabId || this.closed) return;
     switch (m.t) {
       case 'hello':
-        if (this.isLeader) this._post({ t: 'leader' });
+        if (this.isLeader) this._post({ t: 'leader', status: this.status });
         return;
       case 'leader':
         if (this.isLeader) return;
+        if (m.status) this._setStatus(m.status);
         if (this.leaderId !== m.from) {
           this.leaderId = m.from;
           this.emit('leaderchange', { leaderId: m.from });
@@ -305,7 +306,10 @@ export class RtsubClient extends Emitter {
         if (!this.isLeader) this._deliver(m.key, m.msg);
         return;
       case 'state':
-        if (!this.isLeader && m.to === this.tabId) this._deliver(m.key, { t: 'state', state: m.state });
+        if (!this.isLeader && m.to === this.tabId) {
+          if (m.status) this._setStatus(m.status);
+          this._deliver(m.key, { t: 'state', state: m.state });
+        }
         return;
       case 'status':
         if (!this.isLeader) this._setStatus(m.status);

@@ -198,7 +198,7 @@ export class Subscription extends Emitter {
         this.resumable = !!(s.live && s.last);
         if (changed) this.emit('change', this);
         if (s.phase) this._setPhase(s.phase);
-        if (s.live) this._setLive(s.last);
+        if (s.live && !this.live) this._setLive(s.last);
         this._updateStatus();
         return;
       }
