@@ -24,7 +24,7 @@ if [ -f "$TOP/test/package.json" ] && ! command -v node >/dev/null 2>&1; then
 	PACKAGES+=(nodejs npm ca-certificates)
 fi
 
-# The JavaScript client's browser tests (test/browser) drive Debian's
+# The JavaScript client's browser tests (clients/js/test/browser) drive Debian's
 # Chromium with playwright-core.
 if [ -f "$TOP/clients/js/package.json" ]; then
 	PACKAGES+=(chromium)
