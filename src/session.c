@@ -64,6 +64,8 @@
 #include "protocol.h"
 #include "session.h"
 #include "shmem.h"
+#include "window.h"
+#include "worker.h"
 #include "ws_server.h"
 
 #define WS_PATH				"/v1/ws"
@@ -128,6 +130,8 @@ struct RtsubSession
 	bool		closing;		/* a close is pending: send nothing more */
 	bool		close_sent;		/* the close frame (SSE: the last event) is
 								 * written */
+	bool		end_when_drained;	/* SSE: end the stream once the queue
+									 * is written (its subscription ended) */
 	int			close_code;
 	char		close_reason[124];
 
@@ -223,13 +227,6 @@ audit(const char *fmt,...)
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
 	ereport(LOG, (errmsg_internal("rtsub: %s", buf), errhidestmt(true)));
-}
-
-/* an LSN as an event id "X/X:0" */
-static char *
-lsn_event_id(XLogRecPtr lsn)
-{
-	return psprintf("%X/%X:0", LSN_FORMAT_ARGS(lsn));
 }
 
 /* count in a shared counter */
@@ -657,7 +654,8 @@ enqueue(RtsubSession *s, const char *data, size_t len)
 
 	if (s == NULL || s->closing || s->wsi == NULL)
 		return false;
-	if (s->queued_bytes + len > (size_t) rtsub_max_send_buffer)
+	if (s->queued_bytes > 0 &&
+		s->queued_bytes + len > (size_t) rtsub_max_send_buffer)
 	{
 		count(&rtsub_shared->ws_slow_consumers, 1);
 		audit("slow consumer closed: %s (role %s%s): more than %d bytes queued",
@@ -729,8 +727,10 @@ sse_scan(const char *p, size_t len, char *type, char *event)
 					if (strcmp(type, "changes") == 0)
 						event_depth = 3;
 				}
-				else if (keydepth == event_depth && keylen == 5 &&
-						 memcmp(key, "event", 5) == 0)
+				else if (keydepth == event_depth &&
+						 ((keylen == 5 && memcmp(key, "event", 5) == 0) ||
+						  (keylen == 2 && memcmp(key, "at", 2) == 0 &&
+						   strcmp(type, "live") == 0)))
 				{
 					memcpy(event, p + start, slen);
 					event[slen] = '\0';
@@ -784,8 +784,8 @@ sse_event(StringInfo out, const char *data, size_t len)
 	sse_scan(data, len, type, event);
 	if (event[0] != '\0' &&
 		(strcmp(type, "change") == 0 || strcmp(type, "changes") == 0 ||
-		 strcmp(type, "message") == 0))
-		appendStringInfo(out, "id: %s\n", event);
+		 strcmp(type, "message") == 0 || strcmp(type, "live") == 0))
+		appendStringInfo(out, "id: %s@%s\n", event, rtsub_window_epoch());
 	appendStringInfo(out, "event: %s\n", type[0] ? type : "message");
 	for (i = 0; i <= len; i++)
 	{
@@ -826,6 +826,13 @@ rtsub_session_format(RtsubSession *s)
 	return s->format;
 }
 
+/* bytes queued and not yet written; see session.h */
+size_t
+rtsub_session_queued(RtsubSession *s)
+{
+	return s->queued_bytes;
+}
+
 /* queue a built message */
 static void
 send_buf(RtsubSession *s, StringInfo buf)
@@ -852,7 +859,9 @@ send_welcome(RtsubSession *s)
 	RtsubWelcome wel;
 
 	wel.server = SERVER_NAME;
-	wel.epoch = rtsub_shared ? rtsub_shared->epoch : "0";
+	rtsub_worker_open_stream_now();	/* the epoch is the stream's */
+	wel.epoch = rtsub_window_is_open() ? rtsub_window_epoch() :
+		(rtsub_shared ? rtsub_shared->epoch : "0");
 	wel.role = s->role;
 	wel.exp = (s->exp == PG_INT64_MIN) ? -1 : s->exp;
 	wel.heartbeat_ms = rtsub_heartbeat_interval;
@@ -1021,7 +1030,17 @@ sse_on_writeable(struct lws *wsi, RtsubSession *s)
 		return 0;
 	}
 
-	return drain_queue(s, wsi, LWS_WRITE_HTTP, n);
+	if (drain_queue(s, wsi, LWS_WRITE_HTTP, n) < 0)
+		return -1;
+	if (s->end_when_drained && dlist_is_empty(&s->queue))
+	{
+		/* everything queued is written: end once lws has flushed it */
+		s->closing = true;
+		s->close_code = CLOSE_GOING_AWAY;
+		s->close_sent = true;
+		lws_callback_on_writable(wsi);
+	}
+	return 0;
 }
 
 /* ----------------------------------------------------------------------
@@ -1058,11 +1077,9 @@ handle_subscribe(RtsubSession *s, RtsubClientMsg *msg)
 {
 	RtsubClientIdentity who;
 	RtsubSubscription *sub = NULL;
-	XLogRecPtr	live_from = InvalidXLogRecPtr;
 	char	   *detail = NULL;
 	const char *code;
 	SessionSub *ss;
-	StringInfoData buf;
 
 	if (find_sub(s, msg->id) != NULL)
 	{
@@ -1081,7 +1098,13 @@ handle_subscribe(RtsubSession *s, RtsubClientMsg *msg)
 	}
 
 	identity(s, &who);
-	code = rtsub_subscription_open(s, &who, msg, &sub, &live_from, &detail);
+	code = rtsub_subscription_open(s, &who, msg, &sub, &detail);
+	if (code != NULL && strcmp(code, RTSUB_OPEN_RESET) == 0)
+	{
+		audit("resume refused: %s (role %s) subscription \"%s\" id \"%s\": reset",
+			  s->remote, s->role, msg->subscription, msg->id);
+		return;
+	}
 	if (code != NULL)
 	{
 		audit("subscribe denied: %s (role %s) subscription \"%s\" id \"%s\": %s: %s",
@@ -1097,12 +1120,10 @@ handle_subscribe(RtsubSession *s, RtsubClientMsg *msg)
 	ss->sub = sub;
 	dlist_push_tail(&s->subs, &ss->node);
 	s->nsubs++;
-	audit("subscribe granted: %s (role %s) subscription \"%s\" id \"%s\"",
-		  s->remote, s->role, msg->subscription, msg->id);
-
-	initStringInfo(&buf);
-	rtsub_msg_subscribed(&buf, s->format, msg->id, lsn_event_id(live_from));
-	send_buf(s, &buf);
+	audit("subscribe granted: %s (role %s) subscription \"%s\" id \"%s\"%s%s",
+		  s->remote, s->role, msg->subscription, msg->id,
+		  msg->snapshot ? " with snapshot" : "",
+		  msg->resume_after ? " resumed" : "");
 }
 
 /* close one of a session's subscriptions and forget it */
@@ -1116,6 +1137,31 @@ close_sub(RtsubSession *s, SessionSub *ss)
 	pfree(ss->id);
 	pfree(ss->name);
 	pfree(ss);
+}
+
+/* see session.h: the engine ended a subscription (it sent `reset`) */
+void
+rtsub_session_subscription_ended(RtsubSession *s, RtsubSubscription *sub)
+{
+	dlist_iter	it;
+
+	dlist_foreach(it, &s->subs)
+	{
+		SessionSub *ss = dlist_container(SessionSub, node, it.cur);
+
+		if (ss->sub == sub)
+		{
+			close_sub(s, ss);
+			break;
+		}
+	}
+	/* an SSE stream is its one subscription: it ends after the reset */
+	if (s->kind == SESSION_SSE && s->nsubs == 0 && !s->closing)
+	{
+		s->end_when_drained = true;
+		if (s->wsi)
+			lws_callback_on_writable(s->wsi);
+	}
 }
 
 static void
@@ -1540,8 +1586,9 @@ tick(lws_sorted_usec_list_t *sul)
 			{
 				if (!hb_built)
 				{
-					char	   *at = lsn_event_id(rtsub_shared ?
-												  pg_atomic_read_u64(&rtsub_shared->stream_read_upto) : 0);
+					char		at[RTSUB_POS_TEXT_LEN];
+
+					rtsub_pos_format(rtsub_window_head(), at);
 
 					initStringInfo(&hb[0]);
 					rtsub_msg_heartbeat(&hb[0], RTSUB_FORMAT_JSON, at);
@@ -1793,7 +1840,19 @@ sse_subscribe_msg(struct lws *wsi, RtsubClientMsg *msg, char **detail)
 	char	   *params = query_arg(wsi, "params=");
 	char	   *batch = query_arg(wsi, "batchSize=");
 	char	   *meta = query_arg(wsi, "includeMetadata=");
+	char	   *snapshot = query_arg(wsi, "snapshot=");
+	char	   *chunk_rows = query_arg(wsi, "chunkRows=");
+	char	   *chunk_bytes = query_arg(wsi, "chunkBytes=");
+	char	   *last_id = NULL;
 	StringInfoData req;
+	int			n;
+
+	if ((n = lws_hdr_custom_length(wsi, "last-event-id:", 14)) > 0)
+	{
+		last_id = palloc(n + 1);
+		if (lws_hdr_custom_copy(wsi, last_id, n + 1, "last-event-id:", 14) < 0)
+			last_id = NULL;
+	}
 
 	if (name == NULL || name[0] == '\0')
 	{
@@ -1832,6 +1891,61 @@ sse_subscribe_msg(struct lws *wsi, RtsubClientMsg *msg, char **detail)
 		}
 		appendStringInfo(&req, ",\"includeMetadata\":%s", on ? "true" : "false");
 	}
+	if (snapshot != NULL)
+	{
+		bool		on;
+
+		if (!parse_bool(snapshot, &on))
+		{
+			*detail = "the query parameter snapshot must be true or false";
+			return RTSUB_ERR_BAD_FIELD;
+		}
+		appendStringInfo(&req, ",\"snapshot\":%s", on ? "true" : "false");
+	}
+	if (chunk_rows != NULL)
+	{
+		if (chunk_rows[0] == '\0' || strlen(chunk_rows) > 9 ||
+			strspn(chunk_rows, "0123456789") != strlen(chunk_rows))
+		{
+			*detail = "the query parameter chunkRows must be an integer from 1 to 100000";
+			return RTSUB_ERR_BAD_FIELD;
+		}
+		appendStringInfo(&req, ",\"chunkRows\":%s", chunk_rows);
+	}
+	if (chunk_bytes != NULL)
+	{
+		if (chunk_bytes[0] == '\0' || strlen(chunk_bytes) > 9 ||
+			strspn(chunk_bytes, "0123456789") != strlen(chunk_bytes))
+		{
+			*detail = "the query parameter chunkBytes must be an integer from 1024 to 16777216";
+			return RTSUB_ERR_BAD_FIELD;
+		}
+		appendStringInfo(&req, ",\"chunkBytes\":%s", chunk_bytes);
+	}
+	if (last_id != NULL && last_id[0] != '\0')
+	{
+		/* "<event id>@<epoch>", as the stream's id: fields carry it */
+		char	   *at = strrchr(last_id, '@');
+		RtsubPos	pos;
+
+		if (at == NULL || at == last_id || strlen(at + 1) != RTSUB_EPOCH_LEN)
+		{
+			*detail = "the Last-Event-ID header must be an event id and an epoch, \"<event id>@<epoch>\"";
+			return RTSUB_ERR_BAD_FIELD;
+		}
+		*at = '\0';
+		if (!rtsub_pos_parse(last_id, &pos) ||
+			strspn(at + 1, "0123456789abcdef") != RTSUB_EPOCH_LEN)
+		{
+			*detail = "the Last-Event-ID header must be an event id and an epoch, \"<event id>@<epoch>\"";
+			return RTSUB_ERR_BAD_FIELD;
+		}
+		appendStringInfoString(&req, ",\"resume\":{\"epoch\":");
+		escape_json(&req, at + 1);
+		appendStringInfoString(&req, ",\"after\":");
+		escape_json(&req, last_id);
+		appendStringInfoChar(&req, '}');
+	}
 	appendStringInfoChar(&req, '}');
 	return rtsub_parse_client_message(req.data, req.len, RTSUB_FORMAT_JSON, msg, detail);
 }
@@ -1868,9 +1982,8 @@ sse_request(struct lws *wsi, void **handle)
 	RtsubSession *s;
 	RtsubClientIdentity who;
 	RtsubSubscription *sub = NULL;
-	XLogRecPtr	live_from = InvalidXLogRecPtr;
 	SessionSub *ss;
-	StringInfoData buf;
+	bool		reset_only;
 
 	if (!origin_allowed(wsi, &origin))
 		return sse_refuse(wsi, 403, "origin_not_allowed",
@@ -1903,21 +2016,31 @@ sse_request(struct lws *wsi, void **handle)
 	sse_opening = s;
 	session_set_identity(s, &tok);
 	identity(s, &who);
-	code = rtsub_subscription_open(s, &who, &msg, &sub, &live_from, &detail);
-	if (code != NULL)
+	/* queued in order: the welcome, then what opening the subscription sends */
+	s->last_sent_ms = now_unix_ms();
+	send_welcome(s);
+	code = rtsub_subscription_open(s, &who, &msg, &sub, &detail);
+	reset_only = (code != NULL && strcmp(code, RTSUB_OPEN_RESET) == 0);
+	if (code != NULL && !reset_only)
 	{
 		sse_opening = NULL;
+		drop_queue(s);
 		MemoryContextDelete(s->cxt);
 		audit("subscribe denied: %s (role %s, SSE) subscription \"%s\": %s: %s",
 			  s->remote, tok.role, msg.subscription, code, detail ? detail : "");
 		return sse_refuse(wsi, sse_error_status(code), code, detail ? detail : code);
 	}
-	ss = MemoryContextAllocZero(s->cxt, sizeof(SessionSub));
-	ss->id = MemoryContextStrdup(s->cxt, msg.id);
-	ss->name = MemoryContextStrdup(s->cxt, msg.subscription);
-	ss->sub = sub;
-	dlist_push_tail(&s->subs, &ss->node);
-	s->nsubs++;
+	if (reset_only)
+		s->end_when_drained = true; /* the reset is the stream */
+	else
+	{
+		ss = MemoryContextAllocZero(s->cxt, sizeof(SessionSub));
+		ss->id = MemoryContextStrdup(s->cxt, msg.id);
+		ss->name = MemoryContextStrdup(s->cxt, msg.subscription);
+		ss->sub = sub;
+		dlist_push_tail(&s->subs, &ss->node);
+		s->nsubs++;
+	}
 
 	/* established: from here on lws's close callbacks destroy the session */
 	s->established = true;
@@ -1936,11 +2059,7 @@ sse_request(struct lws *wsi, void **handle)
 	lws_http_mark_sse(wsi);
 	lws_set_timeout(wsi, NO_PENDING_TIMEOUT, 0);
 
-	s->last_sent_ms = now_unix_ms();
-	send_welcome(s);
-	initStringInfo(&buf);
-	rtsub_msg_subscribed(&buf, s->format, msg.id, lsn_event_id(live_from));
-	send_buf(s, &buf);
+	lws_callback_on_writable(wsi);
 	schedule_tick(lws_get_context(wsi));
 	return 0;
 }

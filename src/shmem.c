@@ -52,8 +52,8 @@ rtsub_shmem_request(void)
  * a fresh epoch: RTSUB_EPOCH_LEN random hex digits (the time and pid when
  * no strong random source is available)
  */
-static void
-init_epoch(char *epoch)
+void
+rtsub_new_epoch(char *epoch)
 {
 	static const char hex[] = "0123456789abcdef";
 	uint8		bytes[RTSUB_EPOCH_LEN / 2];
@@ -107,7 +107,7 @@ rtsub_shmem_startup(void)
 		pg_atomic_init_u64(&rtsub_shared->sse_sessions_accepted, 0);
 		pg_atomic_init_u64(&rtsub_shared->sse_sessions_refused, 0);
 		pg_atomic_init_u64(&rtsub_shared->sse_sessions_open, 0);
-		init_epoch(rtsub_shared->epoch);
+		rtsub_new_epoch(rtsub_shared->epoch);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

@@ -64,8 +64,9 @@ typedef struct RtsubShared
 	pg_atomic_uint64 sse_sessions_open; /* gauge: open streams */
 
 	/*
-	 * random hex chosen when the postmaster starts: the welcome's "epoch",
-	 * stable across restarts of the worker, new after a server restart
+	 * the welcome's "epoch": random hex chosen when the server's slot is
+	 * created, kept in the data directory (window.c) so that it survives
+	 * restarts; new whenever the stream's continuity is lost
 	 */
 	char		epoch[RTSUB_EPOCH_LEN + 1];
 } RtsubShared;
@@ -77,5 +78,6 @@ extern void rtsub_shmem_install_hooks(bool disabled);
 extern const char *rtsub_server_state_name(RtsubServerState state);
 extern void rtsub_shared_set_state(RtsubServerState state, int port);
 extern void rtsub_shmem_install_commit_wakeup(void);
+extern void rtsub_new_epoch(char *epoch);
 
 #endif							/* RTSUB_SHMEM_H */
