@@ -79,6 +79,7 @@ export class RtsubClient extends Emitter {
   subscribe(name, params = {}, options = {}) {
     if (this.closed) throw new Error('rtsub: client closed');
     const view = new Subscription(this, name, params, options);
+    view.on('live', () => this.writes._pump());
     let set = this.views.get(view.key);
     const first = !set;
     if (!set) this.views.set(view.key, (set = new Set()));

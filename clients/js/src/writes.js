@@ -8,7 +8,8 @@
 // earlier writes to the same row, which go with the highest priority of the
 // writes to that row).
 //
-// Conflicts are detected by row version: a write remembers the version of
+// Writes to the rows of a view are replayed once the view is live again
+// (caught up after a reconnect). Conflicts are detected by row version: a write remembers the version of
 // the row it was made against (`baseVersion`: the value of the view's
 // `version` column, or by default the event id of the last change the
 // server sent for the row). If, when the write is replayed, the server's
@@ -112,6 +113,9 @@ export class WriteQueue extends Emitter {
     for (const e of [...this.items].sort((a, b) => a.seq - b.seq)) {
       const rk = e.key != null ? e.subKey + '\u0000' + e.key : null;
       if (!rk) { if (e.status === 'pending') out.push([e, RANK[e.priority]]); continue; }
+      // a row's writes wait until its view has caught up with the server,
+      // so that their version check sees the server's latest row
+      if (e.subKey && this.opts.viewOf?.(e.subKey)?.live === false) continue;
       if (!head.has(rk)) head.set(rk, e);     // an earlier write to this row goes first
       rank.set(rk, Math.min(rank.get(rk) ?? 9, RANK[e.priority]));
     }
