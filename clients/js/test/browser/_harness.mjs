@@ -27,6 +27,7 @@ export async function staticServer({ roots, token, write }) {
   const srv = http.createServer(async (req, res) => {
     const url = new URL(req.url, 'http://x');
     try {
+      if (url.pathname === '/favicon.ico') { res.writeHead(204); res.end(); return; }
       if (url.pathname === '/token') {
         res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'no-store' });
         res.end(await token(url));
@@ -135,8 +136,8 @@ export async function fixtures(db) {
  */
 export async function openTab(context, serverUrl, { format = 'json', org = 1, channel = 'test', options = {} } = {}) {
   const page = await context.newPage();
-  page.on('pageerror', (e) => console.log(`# page error: ${e.message}`));
-  page.on('console', (m) => { if (m.type() === 'error') console.log(`# console: ${m.text()}`); });
+  page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') console.log(`console: ${m.text()}`); });
   await page.goto(`${ORIGIN}/page.html`);
   await page.waitForFunction(() => window.rtsubLoaded === true);
   await page.evaluate(({ serverUrl, format, org, channel, options }) => {

@@ -80,7 +80,7 @@ for (const format of ['json', 'msgpack']) {
       .every((t) => t === 't17'), 10000, 'the updates in every tab');
     assert.equal(await ids(c), '1,2,3');
     const d = await delays(a, [b, c], 20);
-    console.log(`# ${format}: tab view delay after the leader's view, per change and tab: ${stats(d)}`);
+    console.log(`${format}: tab view delay after the leader's view, per change and tab: ${stats(d)}`);
 
     // another subscription in the third tab: a second server subscription
     const org2 = await c.evaluate(async () => {
@@ -121,7 +121,7 @@ test('json: the leader tab closes; another takes over, resumes, and every tab go
   }, 10000, 'a new leader with an open connection');
   const failover = Date.now() - t0;
   const elected = await next.evaluate(() => window.leaderEvents[0]);
-  console.log(`# failover: new leader elected ${elected - t0} ms, connected ${failover} ms after the leader tab closed`);
+  console.log(`failover: new leader elected ${elected - t0} ms, connected ${failover} ms after the leader tab closed`);
   await leaderOf(rest);
   for (const p of rest) await until(async () => (await ids(p)) === '1,2,3', 10000, 'row 3 in every tab');
   const st = (await info(next)).stats;
