@@ -10,6 +10,8 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 export async function server() {
   const db = new pg.Client({ database: process.env.PGDATABASE ?? 'postgres' });
   await db.connect();
+  // a server crash restarts PostgreSQL: let the tests fail on it, not the process
+  db.on('error', (e) => console.log(`database connection lost: ${e.message}`));
   const port = Number((await db.query('SHOW rtsub.port')).rows[0]['rtsub.port']);
   const secret = (await db.query('SHOW rtsub.jwt_secret')).rows[0]['rtsub.jwt_secret'];
   assert.ok(secret, 'test/cluster.conf sets rtsub.jwt_secret');

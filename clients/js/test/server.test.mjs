@@ -30,7 +30,7 @@ after(async () => {
 });
 
 for (const [transport, format] of [['websocket', 'json'], ['websocket', 'msgpack']]) {
-  test(`${transport}/${format}: snapshot, then inserts, updates, deletes in order; unsubscribe`, async () => {
+  test(`${transport}/${format}: snapshot, then inserts, updates, deletes in order; unsubscribe`, { timeout: 60000 }, async () => {
     await S.db.query('TRUNCATE rtc_items');
     await S.db.query(`INSERT INTO rtc_items (id, org, title) VALUES (1, 1, 'a'), (2, 1, 'b'), (3, 2, 'other org')`);
     const c = client({ transport, format });
@@ -68,7 +68,7 @@ for (const [transport, format] of [['websocket', 'json'], ['websocket', 'msgpack
 }
 
 for (const transport of ['websocket']) {
-  test(`${transport}: a dropped connection reconnects and resumes after the last event`, async () => {
+  test(`${transport}: a dropped connection reconnects and resumes after the last event`, { timeout: 60000 }, async () => {
     await S.db.query('TRUNCATE rtc_items');
     await S.db.query(`INSERT INTO rtc_items (id, org, title) VALUES (1, 1, 'a')`);
     const c = client({ transport, backoff: { base: 400, max: 2000 } });
@@ -91,7 +91,7 @@ for (const transport of ['websocket']) {
   });
 }
 
-test('a reset (the cached resume point names another epoch) is answered by a new snapshot', async () => {
+test('a reset (the cached resume point names another epoch) is answered by a new snapshot', { timeout: 60000 }, async () => {
   await S.db.query('TRUNCATE rtc_items');
   await S.db.query(`INSERT INTO rtc_items (id, org, title) VALUES (1, 1, 'fresh'), (2, 1, 'b')`);
   const store = new MemoryStore();
@@ -118,7 +118,7 @@ test('a reset (the cached resume point names another epoch) is answered by a new
   c.close();
 });
 
-test('a new client with the same store shows the cached rows at once and resumes from their last id', async () => {
+test('a new client with the same store shows the cached rows at once and resumes from their last id', { timeout: 60000 }, async () => {
   await S.db.query('TRUNCATE rtc_items');
   await S.db.query(`INSERT INTO rtc_items (id, org, title) VALUES (1, 1, 'a')`);
   const store = new MemoryStore();
@@ -145,7 +145,7 @@ test('a new client with the same store shows the cached rows at once and resumes
   c2.close();
 });
 
-test('the token is refreshed before it expires; the connection stays open', async () => {
+test('the token is refreshed before it expires; the connection stays open', { timeout: 60000 }, async () => {
   await S.db.query('TRUNCATE rtc_items');
   let issued = 0;
   const c = client({ token: () => { issued++; return S.token({}, 3); } });
@@ -179,7 +179,7 @@ function writer(db, log) {
   };
 }
 
-test('writes: optimistic, pending then synced; offline writes replay by priority', async () => {
+test('writes: optimistic, pending then synced; offline writes replay by priority', { timeout: 60000 }, async () => {
   await S.db.query('TRUNCATE rtc_items');
   await S.db.query(`INSERT INTO rtc_items (id, org, title) VALUES (1, 1, 'a'), (2, 1, 'b'), (3, 1, 'c')`);
   const log = [];
@@ -220,7 +220,7 @@ test('writes: optimistic, pending then synced; offline writes replay by priority
 });
 
 for (const policy of ['lww', 'merge', 'manual']) {
-  test(`writes: a conflict by row version (${policy})`, async () => {
+  test(`writes: a conflict by row version (${policy})`, { timeout: 60000 }, async () => {
     await S.db.query('TRUNCATE rtc_items');
     await S.db.query(`INSERT INTO rtc_items (id, org, title) VALUES (1, 1, 'a')`);
     const log = [];

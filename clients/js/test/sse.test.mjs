@@ -11,8 +11,6 @@ let S;
 const clients = [];
 before(async () => {
   S = await server();
-  // a server crash restarts PostgreSQL: report it through the tests, not as an uncaught error
-  S.db.on('error', (e) => console.log(`# database connection lost: ${e.message}`));
   await fixtures(S.db);
 });
 after(async () => {
@@ -21,7 +19,7 @@ after(async () => {
   await S.db.end().catch(() => {});
 });
 
-test('sse: snapshot, then inserts, updates, deletes in order', async () => {
+test('sse: snapshot, then inserts, updates, deletes in order', { timeout: 60000 }, async () => {
   await S.db.query('TRUNCATE rtc_items');
   await S.db.query(`INSERT INTO rtc_items (id, org, title) VALUES (1, 1, 'a'), (2, 1, 'b'), (3, 2, 'other org')`);
   const c = createClient({ url: S.url, transport: 'sse', token: () => S.token({}) });
@@ -42,7 +40,7 @@ test('sse: snapshot, then inserts, updates, deletes in order', async () => {
   c.close();
 });
 
-test('sse: a dropped stream reconnects with Last-Event-ID and resumes', async () => {
+test('sse: a dropped stream reconnects with Last-Event-ID and resumes', { timeout: 60000 }, async () => {
   await S.db.query('TRUNCATE rtc_items');
   await S.db.query(`INSERT INTO rtc_items (id, org, title) VALUES (1, 1, 'a')`);
   const c = createClient({ url: S.url, transport: 'sse', token: () => S.token({}), backoff: { base: 400, max: 2000 } });

@@ -20,11 +20,11 @@ function check(dir) {
   }
 }
 
-test('the declarations type-check the documented usage', () => {
+test('the declarations type-check the documented usage', { timeout: 120000 }, () => {
   assert.equal(check(path.join(here, 'types')), '');
 });
 
-test('the declarations refuse a wrong priority and a wrong row type', () => {
+test('the declarations refuse a wrong priority and a wrong row type', { timeout: 120000 }, () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rtsub-types-'));
   try {
     const conf = JSON.parse(fs.readFileSync(path.join(here, 'types/tsconfig.json'), 'utf8'));

@@ -23,7 +23,7 @@ async function until(pred, ms = 5000, what = 'a condition') {
 }
 const ids = (v) => v.rows().map((r) => r.id).join(',');
 
-test('event ids compare by LSN as a 64-bit number, then position', () => {
+test('event ids compare by LSN as a 64-bit number, then position', { timeout: 60000 }, () => {
   assert.ok(compareEventIds('0/A:0', '0/9:5') > 0);
   assert.ok(compareEventIds('1/0:0', '0/FFFFFFFF:9') > 0);
   assert.ok(compareEventIds('0/1A2B3C8:3', '0/1A2B3C8:10') < 0);
@@ -32,7 +32,7 @@ test('event ids compare by LSN as a 64-bit number, then position', () => {
   assert.equal(maxEventId('0/2:0', '0/1:7'), '0/2:0');
 });
 
-test('row set: keys from old key columns, key changes, snapshot diffs keep versions', () => {
+test('row set: keys from old key columns, key changes, snapshot diffs keep versions', { timeout: 60000 }, () => {
   const rs = new RowSet(['org', 'id']);
   assert.equal(rs.applyChange({ op: 'insert', row: { org: 1, id: 1, t: 'a' }, event: '0/1:0' }).op, 'insert');
   const u = rs.applyChange({ op: 'update', row: { org: 1, id: 2, t: 'a' }, old: { org: 1, id: 1 }, event: '0/2:0' });
@@ -48,7 +48,7 @@ test('row set: keys from old key columns, key changes, snapshot diffs keep versi
   assert.equal(rs.map.get('[1,2]').event, '0/9:0');
 });
 
-test('backoff grows exponentially with jitter within [ceiling/2, ceiling], capped', () => {
+test('backoff grows exponentially with jitter within [ceiling/2, ceiling], capped', { timeout: 60000 }, () => {
   for (let a = 0; a < 12; a++) {
     const ceiling = Math.min(8000, 100 * 2 ** a);
     for (const r of [0, 0.5, 0.999]) {
@@ -60,7 +60,7 @@ test('backoff grows exponentially with jitter within [ceiling/2, ceiling], cappe
   assert.ok(spread.size > 10, 'jittered');
 });
 
-test('SSE parser: events, ids, comments, CRLF, split chunks, multi-line data', () => {
+test('SSE parser: events, ids, comments, CRLF, split chunks, multi-line data', { timeout: 60000 }, () => {
   const evs = [];
   const p = new SseParser((e) => evs.push(e));
   p.push('event: welcome\r\ndata: {"a"');
@@ -80,7 +80,7 @@ function fakeView(rows) {
   };
 }
 
-test('write queue: priority order, one row in its own order, retries with backoff', async () => {
+test('write queue: priority order, one row in its own order, retries with backoff', { timeout: 60000 }, async () => {
   const sent = [];
   let fail = 2;
   const q = new WriteQueue({
@@ -111,7 +111,7 @@ test('write queue: priority order, one row in its own order, retries with backof
   assert.throws(() => q.add({ op: 'custom', priority: 'urgent' }), /unknown priority/);
 });
 
-test('write queue: conflict policies by row version', async () => {
+test('write queue: conflict policies by row version', { timeout: 60000 }, async () => {
   const run = async (policy, onConflict, server = { id: 1, a: 'A2', b: 'b', version: 2 }) => {
     const view = fakeView({ '[1]': server });
     view.onConflict = onConflict ?? null;
@@ -165,7 +165,7 @@ async function setup(opts = {}, mockOpts = {}) {
 }
 
 for (const format of ['json', 'msgpack']) {
-  test(`mock/${format}: snapshot in chunks becomes the view at live; changes after; identical subscriptions share one`, async () => {
+  test(`mock/${format}: snapshot in chunks becomes the view at live; changes after; identical subscriptions share one`, { timeout: 60000 }, async () => {
     const { mock, client } = await setup({ format }, { chunkRows: 2 });
     for (let i = 1; i <= 5; i++) mock.commit(['insert', { id: i, org: i % 2, t: `r${i}` }]);
     const a = client.subscribe('s', { org: 1 });
@@ -189,7 +189,7 @@ for (const format of ['json', 'msgpack']) {
   });
 }
 
-test('mock: a dropped connection resumes after the last event; missed changes arrive once', async () => {
+test('mock: a dropped connection resumes after the last event; missed changes arrive once', { timeout: 60000 }, async () => {
   const { mock, client } = await setup();
   mock.commit(['insert', { id: 1, org: 1 }]);
   const v = client.subscribe('s', { org: 1 });
@@ -210,7 +210,7 @@ test('mock: a dropped connection resumes after the last event; missed changes ar
   assert.equal(client.info().stats.resumed, 1);
 });
 
-test('mock: reset of an open subscription takes a new snapshot transparently', async () => {
+test('mock: reset of an open subscription takes a new snapshot transparently', { timeout: 60000 }, async () => {
   const { mock, client } = await setup();
   mock.commit(['insert', { id: 1, org: 1 }], ['insert', { id: 2, org: 1 }]);
   const v = client.subscribe('s', { org: 1 });
@@ -232,7 +232,7 @@ test('mock: reset of an open subscription takes a new snapshot transparently', a
   assert.equal(mock.subscribes()[1].resume, undefined, 'no resume after a reset');
 });
 
-test('mock: a new epoch on reconnect resets, then a snapshot; the watchdog notices a silent server', async () => {
+test('mock: a new epoch on reconnect resets, then a snapshot; the watchdog notices a silent server', { timeout: 60000 }, async () => {
   const { mock, client } = await setup();
   mock.commit(['insert', { id: 1, org: 1 }]);
   const v = client.subscribe('s', { org: 1 });
@@ -250,7 +250,7 @@ test('mock: a new epoch on reconnect resets, then a snapshot; the watchdog notic
   assert.equal(ids(v), '1');
 });
 
-test('mock: the store keeps rows and resume point; a later client resumes from it', async () => {
+test('mock: the store keeps rows and resume point; a later client resumes from it', { timeout: 60000 }, async () => {
   const store = new MemoryStore();
   const { mock, client } = await setup({ store });
   mock.commit(['insert', { id: 1, org: 1 }]);

@@ -65,6 +65,7 @@ export async function staticServer({ roots, token, write }) {
 export async function setup() {
   const db = new pg.Client({ database: process.env.PGDATABASE ?? 'postgres' });
   await db.connect();
+  db.on('error', (e) => console.log(`database connection lost: ${e.message}`));
   const port = Number((await db.query('SHOW rtsub.port')).rows[0]['rtsub.port']);
   const secret = (await db.query('SHOW rtsub.jwt_secret')).rows[0]['rtsub.jwt_secret'];
   await db.query('CREATE EXTENSION IF NOT EXISTS rtsub');

@@ -48,7 +48,7 @@ async function delays(leader, followers, n) {
 }
 
 for (const format of ['json', 'msgpack']) {
-  test(`${format}: two, then three tabs share one connection and one server subscription`, async () => {
+  test(`${format}: two, then three tabs share one connection and one server subscription`, { timeout: 120000 }, async () => {
     await H.db.query('TRUNCATE rtb_items');
     await H.db.query(`INSERT INTO rtb_items (id, org, title) VALUES (1, 1, 'a'), (2, 1, 'b'), (50, 2, 'x')`);
     const context = await H.browser.newContext();
@@ -94,7 +94,7 @@ for (const format of ['json', 'msgpack']) {
   });
 }
 
-test('json: the leader tab closes; another takes over, resumes, and every tab goes on', async () => {
+test('json: the leader tab closes; another takes over, resumes, and every tab goes on', { timeout: 120000 }, async () => {
   await H.db.query('TRUNCATE rtb_items');
   await H.db.query(`INSERT INTO rtb_items (id, org, title) VALUES (1, 1, 'a')`);
   const context = await H.browser.newContext();
@@ -133,7 +133,7 @@ test('json: the leader tab closes; another takes over, resumes, and every tab go
   await context.close();
 });
 
-test('msgpack: offline, then online: changes resume, writes queued offline replay by priority', async () => {
+test('msgpack: offline, then online: changes resume, writes queued offline replay by priority', { timeout: 120000 }, async () => {
   await H.db.query('TRUNCATE rtb_items');
   await H.db.query(`INSERT INTO rtb_items (id, org, title) VALUES (1, 1, 'a'), (2, 1, 'b')`);
   H.writes.length = 0;
@@ -182,7 +182,7 @@ test('msgpack: offline, then online: changes resume, writes queued offline repla
 });
 
 for (const format of ['json', 'msgpack']) {
-  test(`${format}: a reloaded tab shows its cached rows at once and resumes from its last id`, async () => {
+  test(`${format}: a reloaded tab shows its cached rows at once and resumes from its last id`, { timeout: 120000 }, async () => {
     await H.db.query('TRUNCATE rtb_items');
     await H.db.query(`INSERT INTO rtb_items (id, org, title) VALUES (1, 1, 'a'), (2, 1, 'b')`);
     const context = await H.browser.newContext();
