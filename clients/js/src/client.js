@@ -44,6 +44,7 @@ export class RtsubClient extends Emitter {
     this.wants = new Map();          // (leader) subKey -> Set(tab id)
     this.specs = new Map();          // (leader) subKey -> spec
     this.ensuring = new Map();       // (leader) subKey -> Promise
+    this._gcRuns = 0;
     this.writes = new WriteQueue({
       write: async (m) => {
         if (typeof options.write !== 'function') throw new Error('rtsub: no options.write function to send writes with');
@@ -199,8 +200,9 @@ export class RtsubClient extends Emitter {
       subscribeOptions: o.subscribeOptions, refreshMarginMs: o.refreshMarginMs,
     });
     this.engine.on('sub', (key, msg) => {
-      this._deliver(key, msg);
+      // the other tabs first: they apply it while this one does
       if (this.shared) this._post({ t: 'sub', key, msg });
+      this._deliver(key, msg);
     });
     this.engine.on('status', (s) => {
       this._setStatus(s);
@@ -263,6 +265,8 @@ export class RtsubClient extends Emitter {
   async _collectTabs() {
     let held;
     try { held = new Set((await navigator.locks.query()).held.map((l) => l.name)); } catch { return; }
+    // writes queued by tabs that are gone
+    if (this.store && ++this._gcRuns % 5 === 0) this._adoptWrites();
     for (const [key, wanters] of [...this.wants]) {
       for (const tab of [...wanters]) {
         if (tab !== this.tabId && !held.has(`${this.channelName}:tab:${tab}`)) this._leaderDrop(tab, key);

@@ -452,7 +452,9 @@ export class Engine extends Emitter {
   _save(sub) {
     const store = this.opts.store;
     if (!store || this.saveTimers.has(sub.key)) return;
-    this.saveTimers.set(sub.key, setTimeout(() => this._flushSave(sub), this.opts.saveDelayMs ?? 100));
+    // 100 ms, longer for big views (every save writes the whole view)
+    const delay = this.opts.saveDelayMs ?? 100 + Math.floor(sub.rows.size / 50);
+    this.saveTimers.set(sub.key, setTimeout(() => this._flushSave(sub), delay));
   }
 
   _flushSave(sub) {

@@ -183,7 +183,7 @@ export declare class Subscription<R extends Row = Row> {
   readonly phase: Phase;
   /** showing persisted rows, not yet confirmed by the server */
   readonly fromCache: boolean;
-  /** resolves at the first live */
+  /** resolves at the first live; rejects (with .code) when the server refuses the subscription */
   readonly ready: Promise<Subscription<R>>;
   readonly status: SyncStatus;
   readonly size: number;

@@ -37,7 +37,14 @@ export class Subscription extends Emitter {
     this._rowStatus = new Map();        // row key -> 'pending' | 'conflict'
     this.lastError = null;
     for (const [h, ev] of Object.entries(HANDLERS)) if (typeof options[h] === 'function') this.on(ev, options[h]);
-    this.ready = new Promise((resolve) => this.once('live', () => resolve(this)));
+    // resolves at the first live; rejects if the server refuses the subscription
+    this.ready = new Promise((resolve, reject) => {
+      this.once('live', () => resolve(this));
+      this.on('phase', (p) => {
+        if (p === 'failed') reject(Object.assign(new Error(`rtsub: subscription ${name} failed: ${this.lastError?.code ?? 'error'}`), { code: this.lastError?.code }));
+      });
+    });
+    this.ready.catch(() => {});     // not an unhandled rejection when nobody awaits it
   }
 
   // ------------------------------------------------------------ reading

@@ -91,6 +91,21 @@ for (const transport of ['websocket']) {
   });
 }
 
+test('a refused subscription: error event, ready rejects, phase failed; the connection stays usable', { timeout: 60000 }, async () => {
+  const c = client();
+  const errors = [];
+  const bad = c.subscribe('rtc_org', { org: 'not a number' }, { onError: (e) => errors.push(e.code) });
+  await assert.rejects(bad.ready, (e) => e.code === 'bad_params');
+  assert.deepEqual(errors, ['bad_params']);
+  assert.equal(bad.phase, 'failed');
+  const missing = c.subscribe('no_such_subscription', {});
+  await assert.rejects(missing.ready, (e) => e.code === 'unknown_subscription');
+  const ok = c.subscribe('rtc_org', { org: 1 });
+  await ok.ready;
+  assert.equal(c.info().stats.connects, 1);
+  c.close();
+});
+
 test('a reset (the cached resume point names another epoch) is answered by a new snapshot', { timeout: 60000 }, async () => {
   await S.db.query('TRUNCATE rtc_items');
   await S.db.query(`INSERT INTO rtc_items (id, org, title) VALUES (1, 1, 'fresh'), (2, 1, 'b')`);
