@@ -13,6 +13,8 @@ OBJS = \
 	src/stream.o \
 	src/window.o \
 	src/snapshot.o \
+	src/monitor.o \
+	src/audit.o \
 	src/evaluate.o \
 	src/encode_json.o \
 	src/encode_msgpack.o \
@@ -51,3 +53,7 @@ bench:
 	bash test/bench/run-eval
 demo:
 	bash test/demo
+
+# every object depends on every header of ours (PGXS tracks no header
+# dependencies unless PostgreSQL was configured with --enable-depend)
+$(OBJS): $(wildcard $(srcdir)/src/*.h)

@@ -58,6 +58,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -79,6 +80,7 @@
 #include "protocol.h"
 #include "rtsub.h"
 #include "session.h"
+#include "shmem.h"
 #include "stream.h"
 
 /*
@@ -114,6 +116,15 @@ struct RtsubSubscription
 	int			natts;			/* the table's columns when opened */
 	Oid		   *atttypes;		/* and their types (InvalidOid: dropped) */
 	TupleDesc	checked_desc;	/* last change descriptor found compatible */
+	uint64		messages_sent;	/* change messages queued for the client */
+	char	   *relname;		/* the table's name when opened */
+	int			priority;		/* of its messages at the session (0-9) */
+	int			batch_size;		/* events per `changes` message; 1: `change` */
+	int			throttle_ms;	/* how long a batch may wait */
+	StringInfoData batch;		/* encoded change bodies waiting */
+	int			nbatch;
+	TimestampTz batch_deadline;	/* when the waiting batch goes out */
+	TimestampTz batch_commit_time;	/* of its first change */
 	ExprState  *filter;			/* NULL: every row */
 	List	   *permissive;		/* ExprState *, policies for the role */
 	List	   *restrictive;
@@ -138,6 +149,19 @@ static MemoryContext engine_cxt = NULL;
 static int	nsubs = 0;
 static List *pending = NIL;		/* subscriptions not live, or live_pending */
 static List *ended = NIL;		/* subscriptions to hand back to sessions */
+static uint64 nevaluated = 0;	/* evaluations not yet counted in shmem */
+static List *batching = NIL;	/* subscriptions with a batch waiting */
+
+static long flush_due_batches(TimestampTz now);
+
+/* add the evaluations done to the shared counter */
+static void
+flush_counts(void)
+{
+	if (rtsub_shared && nevaluated > 0)
+		pg_atomic_fetch_add_u64(&rtsub_shared->changes_evaluated, nevaluated);
+	nevaluated = 0;
+}
 
 /* set up the registry on first use */
 static void
@@ -635,6 +659,7 @@ open_in_transaction(const RtsubClientIdentity *who,
 	}
 
 	build_columns(sub, rel, sent, sub->format);
+	sub->relname = MemoryContextStrdup(sub->cxt, RelationGetRelationName(rel));
 	{
 		TupleDesc	desc = RelationGetDescr(rel);
 
@@ -670,11 +695,43 @@ register_sub(RtsubSubscription *sub)
 	nsubs++;
 }
 
-/* queue a built message for the subscription's client */
+/* send the subscription's waiting batch as one `changes` message */
+static void
+flush_batch(RtsubSubscription *sub)
+{
+	StringInfoData msg;
+	RtsubWriter w;
+
+	if (sub->nbatch == 0)
+		return;
+	initStringInfo(&msg);
+	rtsub_writer_init(&w, &msg, sub->format);
+	w.enc->map_begin(&w, 3);
+	rtsub_put_kv_str(&w, "type", "changes");
+	rtsub_put_kv_str(&w, "id", sub->client_id);
+	w.enc->key(&w, "events", 6);
+	w.enc->array_begin(&w, sub->nbatch);
+	appendBinaryStringInfo(&msg, sub->batch.data, sub->batch.len);
+	w.enc->array_end(&w);
+	w.enc->map_end(&w);
+	rtsub_session_event_time(sub->batch_commit_time);
+	rtsub_session_send_priority(sub->session, msg.data, msg.len, sub->priority);
+	rtsub_session_event_time(0);
+	pfree(msg.data);
+	resetStringInfo(&sub->batch);
+	sub->nbatch = 0;
+	batching = list_delete_ptr(batching, sub);
+}
+
+/*
+ * queue a built message for the subscription's client (after its waiting
+ * batch, so that the client sees everything in order)
+ */
 static void
 sub_send(RtsubSubscription *sub, StringInfo buf)
 {
-	rtsub_session_send(sub->session, buf->data, buf->len);
+	flush_batch(sub);
+	rtsub_session_send_priority(sub->session, buf->data, buf->len, sub->priority);
 	pfree(buf->data);
 }
 
@@ -703,6 +760,8 @@ send_reset(RtsubSession *session, RtsubFormat format, const char *id,
 	rtsub_msg_reset(&buf, format, id, reason);
 	rtsub_session_send(session, buf.data, buf.len);
 	pfree(buf.data);
+	if (rtsub_shared)
+		pg_atomic_fetch_add_u64(&rtsub_shared->resets_sent, 1);
 }
 
 /*
@@ -718,7 +777,15 @@ end_sub(RtsubSubscription *sub, const char *reason)
 	if (sub->ended)
 		return;
 	if (reason != NULL)
-		send_reset(sub->session, sub->format, sub->client_id, reason);
+	{
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		rtsub_msg_reset(&buf, sub->format, sub->client_id, reason);
+		sub_send(sub, &buf);
+		if (rtsub_shared)
+			pg_atomic_fetch_add_u64(&rtsub_shared->resets_sent, 1);
+	}
 	sub->ended = true;
 	if (sub->reader)
 	{
@@ -794,6 +861,10 @@ rtsub_subscription_open(RtsubSession *session, const RtsubClientIdentity *who,
 		sub->client_id = pstrdup(msg->id);
 		sub->name = pstrdup(msg->subscription);
 		sub->include_metadata = msg->include_metadata;
+		sub->priority = msg->priority;
+		sub->batch_size = msg->batch_size;
+		sub->throttle_ms = msg->throttle_ms;
+		initStringInfo(&sub->batch);
 		code = open_in_transaction(who, msg, sub, detail);
 		if (code != NULL)
 			*detail = MemoryContextStrdup(callercxt, *detail);
@@ -886,6 +957,7 @@ rtsub_subscription_close(RtsubSubscription *sub)
 	}
 	pending = list_delete_ptr(pending, sub);
 	ended = list_delete_ptr(ended, sub);
+	batching = list_delete_ptr(batching, sub);
 	if (sub->reader)
 		rtsub_snapshot_stop(sub->reader);
 	nsubs--;
@@ -983,25 +1055,93 @@ write_row(RtsubSubscription *sub, RtsubWriter *w, TupleTableSlot *slot)
  * rtsub.max_change_size is reported (change_too_large) and ends the
  * subscription with a reset, never dropped silently
  */
-static void
-send_change(RtsubSubscription *sub, const RtsubChange *c, const char *op,
+/*
+ * The encoded pairs of a change event (event, op, ts, row, old, table,
+ * xid) are the same for every subscriber with the same format, columns and
+ * options: they are encoded once per change and shape, and each
+ * subscriber's message only adds its type and id.
+ */
+#define BODY_CACHE_SIZE 8
+
+typedef struct BodyShape
+{
+	RtsubFormat format;
+	bool		include_metadata;
+	const char *op;
+	TupleTableSlot *row;
+	TupleTableSlot *old;
+	int			ncols;
+	RtsubColumn *cols;
+	StringInfoData pairs;		/* the encoded pairs, a fragment */
+	int			npairs;
+} BodyShape;
+
+static RtsubPos body_pos;
+static const RtsubChange *body_change = NULL;
+static BodyShape body_shapes[BODY_CACHE_SIZE];
+static int	nbody_shapes = 0;
+static int	next_body_shape = 0;
+
+/* same columns (and so the same keys and value encodings)? */
+static bool
+same_columns(const RtsubColumn *a, int na, const RtsubColumn *b, int nb)
+{
+	if (a == b)
+		return na == nb;
+	if (na != nb)
+		return false;
+	for (int i = 0; i < na; i++)
+		if (a[i].attnum != b[i].attnum || a[i].kind != b[i].kind)
+			return false;
+	return true;
+}
+
+/* the encoded pairs of a change event for a subscription (cached) */
+static BodyShape *
+change_body(RtsubSubscription *sub, const RtsubChange *c, const char *op,
 			TupleTableSlot *row, TupleTableSlot *old)
 {
-	StringInfoData buf;
+	BodyShape  *b;
 	RtsubWriter w;
 	char		event[RTSUB_POS_TEXT_LEN];
-	int			n = 6;
+	MemoryContext oldcxt;
 
-	initStringInfo(&buf);
-	rtsub_writer_init(&w, &buf, sub->format);
-	rtsub_pos_format(rtsub_change_pos(c), event);
-	if (old != NULL)
-		n++;
-	if (sub->include_metadata)
-		n += 2;
-	w.enc->map_begin(&w, n);
-	rtsub_put_kv_str(&w, "type", "change");
-	rtsub_put_kv_str(&w, "id", sub->client_id);
+	if (body_change != c || rtsub_pos_cmp(body_pos, rtsub_change_pos(c)) != 0)
+	{
+		body_change = c;
+		body_pos = rtsub_change_pos(c);
+		nbody_shapes = 0;
+		next_body_shape = 0;
+	}
+	for (int i = 0; i < nbody_shapes; i++)
+	{
+		b = &body_shapes[i];
+		if (b->format == sub->format && b->include_metadata == sub->include_metadata &&
+			b->op == op && b->row == row && b->old == old &&
+			same_columns(b->cols, b->ncols, sub->cols, sub->ncols))
+			return b;
+	}
+
+	/* a new shape (the oldest is replaced when the cache is full) */
+	b = &body_shapes[next_body_shape];
+	next_body_shape = (next_body_shape + 1) % BODY_CACHE_SIZE;
+	if (nbody_shapes < BODY_CACHE_SIZE)
+		nbody_shapes++;
+	oldcxt = MemoryContextSwitchTo(engine_cxt);
+	if (b->pairs.data == NULL)
+		initStringInfo(&b->pairs);
+	MemoryContextSwitchTo(oldcxt);
+	b->format = sub->format;
+	b->include_metadata = sub->include_metadata;
+	b->op = op;
+	b->row = row;
+	b->old = old;
+	b->cols = sub->cols;
+	b->ncols = sub->ncols;
+	b->npairs = 4 + (old != NULL ? 1 : 0) + (sub->include_metadata ? 2 : 0);
+
+	rtsub_fragment_begin(&w, &b->pairs, sub->format);
+	rtsub_pos_format(body_pos, event);
 	rtsub_put_kv_str(&w, "event", event);
 	rtsub_put_kv_str(&w, "op", op);
 	w.enc->key(&w, "ts", 2);
@@ -1020,7 +1160,32 @@ send_change(RtsubSubscription *sub, const RtsubChange *c, const char *op,
 		rtsub_put_kv_str(&w, "table", table);
 		w.enc->key(&w, "xid", 3);
 		w.enc->int64(&w, c->xid);
+		pfree(table);
 	}
+	return b;
+}
+
+static void
+send_change(RtsubSubscription *sub, const RtsubChange *c, const char *op,
+			TupleTableSlot *row, TupleTableSlot *old)
+{
+	StringInfoData buf;
+	RtsubWriter w;
+	char		event[RTSUB_POS_TEXT_LEN];
+	bool		batched = sub->batch_size > 1;
+	BodyShape  *body = change_body(sub, c, op, row, old);
+
+	initStringInfo(&buf);
+	enlargeStringInfo(&buf, body->pairs.len + 64 + strlen(sub->client_id));
+	rtsub_writer_init(&w, &buf, sub->format);
+	rtsub_pos_format(rtsub_change_pos(c), event);
+	w.enc->map_begin(&w, body->npairs + (batched ? 0 : 2));
+	if (!batched)
+	{
+		rtsub_put_kv_str(&w, "type", "change");
+		rtsub_put_kv_str(&w, "id", sub->client_id);
+	}
+	w.enc->fragment(&w, body->pairs.data, body->pairs.len);
 	w.enc->map_end(&w);
 	if (buf.len > rtsub_max_change_size)
 	{
@@ -1039,7 +1204,34 @@ send_change(RtsubSubscription *sub, const RtsubChange *c, const char *op,
 		end_sub(sub, "change_too_large");
 		return;
 	}
-	sub_send(sub, &buf);
+	sub->messages_sent++;
+	if (rtsub_shared)
+		pg_atomic_fetch_add_u64(&rtsub_shared->changes_delivered, 1);
+	if (!batched)
+	{
+		rtsub_session_event_time(c->commit_time);
+		sub_send(sub, &buf);
+		rtsub_session_event_time(0);
+		return;
+	}
+
+	/* batching: the body waits for its companions (or its deadline) */
+	if (sub->nbatch > 0 && sub->format == RTSUB_FORMAT_JSON)
+		appendStringInfoChar(&sub->batch, ',');
+	appendBinaryStringInfo(&sub->batch, buf.data, buf.len);
+	pfree(buf.data);
+	if (sub->nbatch++ == 0)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(engine_cxt);
+
+		sub->batch_commit_time = c->commit_time;
+		sub->batch_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														  sub->throttle_ms);
+		batching = lappend(batching, sub);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	if (sub->nbatch >= sub->batch_size)
+		flush_batch(sub);
 }
 
 /* evaluate one change for one subscription and send what it should see */
@@ -1164,6 +1356,7 @@ evaluate_guarded(RtsubSubscription *sub, const RtsubChange *c,
 		end_sub(sub, "schema_changed");
 		return;
 	}
+	nevaluated++;
 	PG_TRY();
 	{
 		evaluate_one(sub, c, newslot, oldslot, *econtextp);
@@ -1281,6 +1474,53 @@ rtsub_evaluate_segment(RtsubSegment *seg)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(cxt);
+	(void) flush_due_batches(GetCurrentTimestamp());
+	flush_counts();
+}
+
+/*
+ * send the batches whose time has come (all with throttleMs 0: a batch
+ * never outlives the decoded batch it came from); returns the time until
+ * the next one is due, in ms (-1: none waits)
+ */
+static long
+flush_due_batches(TimestampTz now)
+{
+	ListCell   *lc;
+	long		next = -1;
+
+	foreach(lc, batching)
+	{
+		RtsubSubscription *sub = lfirst(lc);
+
+		if (sub->nbatch > 0 && now < sub->batch_deadline)
+		{
+			long		ms = TimestampDifferenceMilliseconds(now, sub->batch_deadline);
+
+			next = (next < 0) ? ms : Min(next, ms);
+		}
+	}
+	foreach(lc, batching)
+	{
+		RtsubSubscription *sub = lfirst(lc);
+
+		if (sub->nbatch > 0 && now >= sub->batch_deadline)
+		{
+			/* flush_batch deletes sub from batching: restart the scan */
+			flush_batch(sub);
+			return flush_due_batches(now);
+		}
+	}
+	return next;
+}
+
+/* the wait before the next batch is due, at most max_ms */
+long
+rtsub_engine_wait_ms(long max_ms)
+{
+	long		next = flush_due_batches(GetCurrentTimestamp());
+
+	return next < 0 ? max_ms : Min(next, max_ms);
 }
 
 /* send `live`: everything up to the window's head has been sent */
@@ -1438,7 +1678,7 @@ void
 rtsub_snapshot_on_chunk(RtsubSubscription *sub, const char *data, size_t len)
 {
 	if (!sub->ended)
-		rtsub_session_send(sub->session, data, len);
+		rtsub_session_send_priority(sub->session, data, len, sub->priority);
 }
 
 /* see snapshot.h: the snapshot is complete; catch up */
@@ -1597,6 +1837,8 @@ rtsub_engine_step(XLogRecPtr read_upto, TimestampTz now)
 		ended = list_delete_first(ended);
 		rtsub_session_subscription_ended(sub->session, sub);
 	}
+	(void) flush_due_batches(now);
+	flush_counts();
 	return more;
 }
 
@@ -1617,6 +1859,21 @@ rtsub_engine_reset_all(const char *reason)
 		foreach(lc, rs->subs)
 			end_sub(lfirst(lc), reason);
 	}
+}
+
+/* see session.h */
+void
+rtsub_subscription_describe(RtsubSubscription *sub, StringInfo out)
+{
+	static const char *const states[] = {"snapshot", "catching_up", "live"};
+	char		cursor[RTSUB_POS_TEXT_LEN];
+
+	rtsub_pos_format(sub->cursor, cursor);
+	appendStringInfo(out, ",\"table_oid\":%u,\"table\":", sub->relid);
+	escape_json(out, sub->relname);
+	appendStringInfo(out, ",\"state\":\"%s\",\"position\":\"%s\",\"failed\":%s,\"messages_sent\":" UINT64_FORMAT,
+					 sub->failed ? "failed" : sub->ended ? "ended" : states[sub->state],
+					 cursor, sub->failed ? "true" : "false", sub->messages_sent);
 }
 
 /* number of open subscriptions */

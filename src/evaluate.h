@@ -19,6 +19,7 @@
 extern void rtsub_evaluate_segment(RtsubSegment *seg);
 extern bool rtsub_engine_step(XLogRecPtr read_upto, TimestampTz now);
 extern void rtsub_engine_reset_all(const char *reason);
+extern long rtsub_engine_wait_ms(long max_ms);
 extern int	rtsub_subscription_count(void);
 
 #endif							/* RTSUB_EVALUATE_H */

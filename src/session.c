@@ -57,8 +57,10 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 #include "utils/varlena.h"
 
+#include "audit.h"
 #include "auth_jwt.h"
 #include "config.h"
 #include "protocol.h"
@@ -98,6 +100,7 @@
 typedef struct SendItem
 {
 	dlist_node	node;
+	TimestampTz commit_time;	/* of the change it carries, or 0 */
 	size_t		len;
 	unsigned char buf[FLEXIBLE_ARRAY_MEMBER];	/* LWS_PRE + len bytes */
 } SendItem;
@@ -132,11 +135,15 @@ struct RtsubSession
 								 * written */
 	bool		end_when_drained;	/* SSE: end the stream once the queue
 									 * is written (its subscription ended) */
+	bool		frames_raw;		/* WebSocket without extensions: queued
+								 * messages are framed here and written
+								 * several per send (see drain_frames) */
 	int			close_code;
 	char		close_reason[124];
 
 	/* identity (in cxt) */
 	char	   *role;
+	char	   *user;			/* the token's sub claim, or NULL */
 	char	   *claims_json;
 	int64		exp;			/* token expiry (Unix s), PG_INT64_MIN: none */
 
@@ -149,9 +156,16 @@ struct RtsubSession
 	size_t		rx_len;
 	size_t		rx_cap;
 
-	/* send queue */
-	dlist_head	queue;
+	/* send queue: one list per priority, the highest drained first */
+	dlist_head	queue[RTSUB_PRIORITIES];
 	size_t		queued_bytes;
+	int			queued_messages;
+
+	/* for rtsub.connections */
+	uint64		serial;			/* the connection's id */
+	TimestampTz connected_at;
+	uint64		messages_sent;
+	uint64		bytes_sent;
 
 	/* subscriptions */
 	dlist_head	subs;
@@ -171,6 +185,8 @@ typedef struct WsPss
 } WsPss;
 
 static dlist_head sessions = DLIST_STATIC_INIT(sessions);
+static uint64 session_serial = 0;	/* ids of sessions, for rtsub.connections */
+static TimestampTz event_commit_time = 0;	/* see rtsub_session_event_time */
 static int	nsessions = 0;			/* established sessions */
 static MemoryContext scratch_cxt = NULL;
 static lws_sorted_usec_list_t tick_sul;
@@ -221,12 +237,15 @@ audit(const char *fmt,...)
 	char		buf[1024];
 	va_list		ap;
 
-	if (!rtsub_audit_log)
+	if (!rtsub_audit_log && !rtsub_audit_table)
 		return;
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	ereport(LOG, (errmsg_internal("rtsub: %s", buf), errhidestmt(true)));
+	if (rtsub_audit_log)
+		ereport(LOG, (errmsg_internal("rtsub: %s", buf), errhidestmt(true)));
+	if (rtsub_audit_table)
+		rtsub_audit_record(buf);
 }
 
 /* count in a shared counter */
@@ -519,7 +538,10 @@ session_create(struct lws *wsi, RtsubFormat format)
 	s->wsi = wsi;
 	s->format = format;
 	s->exp = PG_INT64_MIN;
-	dlist_init(&s->queue);
+	s->serial = ++session_serial;
+	s->connected_at = GetCurrentTimestamp();
+	for (int p = 0; p < RTSUB_PRIORITIES; p++)
+		dlist_init(&s->queue[p]);
 	dlist_init(&s->subs);
 	lws_get_peer_simple(wsi, s->remote, sizeof(s->remote));
 	return s;
@@ -531,6 +553,8 @@ session_set_identity(RtsubSession *s, const RtsubToken *tok)
 {
 	if (s->role == NULL)
 		s->role = MemoryContextStrdup(s->cxt, tok->role);
+	if (s->user == NULL && tok->sub != NULL)
+		s->user = MemoryContextStrdup(s->cxt, tok->sub);
 	if (s->claims_json)
 		pfree(s->claims_json);
 	s->claims_json = MemoryContextStrdup(s->cxt, tok->claims_json);
@@ -632,14 +656,16 @@ drop_queue(RtsubSession *s)
 {
 	dlist_mutable_iter it;
 
-	dlist_foreach_modify(it, &s->queue)
-	{
-		SendItem   *item = dlist_container(SendItem, node, it.cur);
+	for (int p = 0; p < RTSUB_PRIORITIES; p++)
+		dlist_foreach_modify(it, &s->queue[p])
+		{
+			SendItem   *item = dlist_container(SendItem, node, it.cur);
 
-		dlist_delete(&item->node);
-		free(item);
-	}
+			dlist_delete(&item->node);
+			free(item);
+		}
 	s->queued_bytes = 0;
+	s->queued_messages = 0;
 }
 
 /*
@@ -648,14 +674,18 @@ drop_queue(RtsubSession *s)
  * rtsub.max_send_buffer: then the session closes as a slow consumer.
  */
 static bool
-enqueue(RtsubSession *s, const char *data, size_t len)
+enqueue(RtsubSession *s, const char *data, size_t len, int priority)
 {
 	SendItem   *item;
 
 	if (s == NULL || s->closing || s->wsi == NULL)
 		return false;
-	if (s->queued_bytes > 0 &&
-		s->queued_bytes + len > (size_t) rtsub_max_send_buffer)
+	/*
+	 * the queue may pass the limit by one message (a large change is
+	 * queued whole); a message that finds it already past the limit means
+	 * the client does not keep up
+	 */
+	if (s->queued_bytes > (size_t) rtsub_max_send_buffer)
 	{
 		count(&rtsub_shared->ws_slow_consumers, 1);
 		audit("slow consumer closed: %s (role %s%s): more than %d bytes queued",
@@ -671,11 +701,18 @@ enqueue(RtsubSession *s, const char *data, size_t len)
 		return false;
 	}
 	item->len = len;
+	item->commit_time = event_commit_time;
 	memcpy(item->buf + LWS_PRE, data, len);
-	dlist_push_tail(&s->queue, &item->node);
+	dlist_push_tail(&s->queue[priority], &item->node);
 	s->queued_bytes += len;
 	s->last_sent_ms = now_unix_ms();
-	lws_callback_on_writable(s->wsi);
+	/*
+	 * ask for a writable callback when the queue stops being empty; while
+	 * it is not, one is pending (drain_queue asks again), and asking costs
+	 * an epoll_ctl
+	 */
+	if (s->queued_messages++ == 0)
+		lws_callback_on_writable(s->wsi);
 	return true;
 }
 
@@ -801,22 +838,51 @@ sse_event(StringInfo out, const char *data, size_t len)
 	appendStringInfoChar(out, '\n');
 }
 
-/* queue one message; see session.h */
+/* queue one message with a priority; see session.h */
 bool
-rtsub_session_send(RtsubSession *s, const char *data, size_t len)
+rtsub_session_send_priority(RtsubSession *s, const char *data, size_t len,
+							int priority)
 {
 	StringInfoData buf;
 	bool		ok;
 
+	priority = Max(0, Min(priority, RTSUB_PRIORITIES - 1));
 	if (s == NULL || s->kind != SESSION_SSE)
-		return enqueue(s, data, len);
+		return enqueue(s, data, len, priority);
 	if (s->closing || s->wsi == NULL)
 		return false;
 	initStringInfo(&buf);
 	sse_event(&buf, data, len);
-	ok = enqueue(s, buf.data, buf.len);
+	ok = enqueue(s, buf.data, buf.len, priority);
 	pfree(buf.data);
 	return ok;
+}
+
+/* queue one message at the default priority; see session.h */
+bool
+rtsub_session_send(RtsubSession *s, const char *data, size_t len)
+{
+	return rtsub_session_send_priority(s, data, len, RTSUB_DEFAULT_PRIORITY);
+}
+
+/* the queued message that next_item() returns next, left in the queue */
+static SendItem *
+peek_item(RtsubSession *s)
+{
+	for (int p = RTSUB_PRIORITIES - 1; p >= 0; p--)
+		if (!dlist_is_empty(&s->queue[p]))
+			return dlist_container(SendItem, node, dlist_head_node(&s->queue[p]));
+	return NULL;
+}
+
+/* the queued message to write next (highest priority first), or NULL */
+static SendItem *
+next_item(RtsubSession *s)
+{
+	for (int p = RTSUB_PRIORITIES - 1; p >= 0; p--)
+		if (!dlist_is_empty(&s->queue[p]))
+			return dlist_container(SendItem, node, dlist_pop_head_node(&s->queue[p]));
+	return NULL;
 }
 
 /* the session's wire format */
@@ -899,12 +965,13 @@ start_close(RtsubSession *s, int code, const char *reason)
 static int
 drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int n)
 {
-	while (!dlist_is_empty(&s->queue) && n < MAX_WRITES_PER_CALLBACK)
+	while (s->queued_messages > 0 && n < MAX_WRITES_PER_CALLBACK)
 	{
-		SendItem   *item = dlist_container(SendItem, node, dlist_pop_head_node(&s->queue));
+		SendItem   *item = next_item(s);
 		int			written;
 
 		s->queued_bytes -= item->len;
+		s->queued_messages--;
 		written = lws_write(wsi, item->buf + LWS_PRE, item->len, kind);
 		if (written < (int) item->len)
 		{
@@ -916,12 +983,110 @@ drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int 
 			pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
 			pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
 		}
+		s->messages_sent++;
+		s->bytes_sent += item->len;
+		if (item->commit_time != 0)
+			rtsub_observe_latency(item->commit_time, GetCurrentTimestamp());
 		free(item);
 		n++;
-		if (lws_send_pipe_choked(wsi))
+		/*
+		 * lws buffers what the socket did not take (and must not be given
+		 * more then); checking that costs no syscall, unlike
+		 * lws_send_pipe_choked()'s poll()
+		 */
+		if (lws_partial_buffered(wsi))
 			break;
 	}
-	if (!dlist_is_empty(&s->queue))
+	if (s->queued_messages > 0)
+		lws_callback_on_writable(wsi);
+	return 0;
+}
+
+/*
+ * Write queued messages of a WebSocket session without extensions: framed
+ * here (server frames are unmasked: FIN + opcode, the length in 1, 3 or 9
+ * bytes) and written many per lws_write as raw bytes, so that a client
+ * receiving many small messages costs one send() per up to
+ * COALESCE_BYTES instead of one per message.  Messages larger than that
+ * go through lws's own framing.  The frames of one lws_write are whole, so
+ * lws's own writes (close, ping) can only come between frames.
+ */
+#define COALESCE_BYTES (64 * 1024)
+
+static int
+drain_frames(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind)
+{
+	static unsigned char *buf = NULL;
+	int			writes = 0;
+
+	if (buf == NULL)
+	{
+		buf = malloc(LWS_PRE + COALESCE_BYTES);
+		if (buf == NULL)
+			return drain_queue(s, wsi, kind, 0);
+	}
+	while (s->queued_messages > 0 && writes < MAX_WRITES_PER_CALLBACK)
+	{
+		size_t		len = 0;
+		int			nframes = 0;
+		SendItem   *item;
+		int			ncommits = 0;
+		TimestampTz commit_times[COALESCE_BYTES / 2];	/* frames are >= 2 bytes */
+
+		while (s->queued_messages > 0 && (item = peek_item(s)) != NULL &&
+			   (nframes == 0 || len + item->len + 10 <= COALESCE_BYTES))
+		{
+			unsigned char *p;
+
+			if (item->len + 10 > COALESCE_BYTES)
+			{
+				if (nframes > 0)
+					break;		/* write what is gathered first */
+				return drain_queue(s, wsi, kind, writes);	/* a big one */
+			}
+			item = next_item(s);
+			p = buf + LWS_PRE + len;
+			*p++ = 0x80 | (kind == LWS_WRITE_BINARY ? 0x2 : 0x1);
+			if (item->len < 126)
+				*p++ = (unsigned char) item->len;
+			else
+			{
+				*p++ = 126;
+				*p++ = (unsigned char) (item->len >> 8);
+				*p++ = (unsigned char) item->len;
+			}
+			memcpy(p, item->buf + LWS_PRE, item->len);
+			len = (p + item->len) - (buf + LWS_PRE);
+			s->queued_bytes -= item->len;
+			s->queued_messages--;
+			s->messages_sent++;
+			s->bytes_sent += item->len;
+			if (rtsub_shared)
+			{
+				pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
+				pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
+			}
+			if (item->commit_time != 0)
+				commit_times[ncommits++] = item->commit_time;
+			free(item);
+			nframes++;
+		}
+		if (len == 0)
+			break;
+		if (lws_write(wsi, buf + LWS_PRE, len, LWS_WRITE_RAW) < (int) len)
+			return -1;			/* the connection failed */
+		if (ncommits > 0)
+		{
+			TimestampTz now = GetCurrentTimestamp();
+
+			for (int i = 0; i < ncommits; i++)
+				rtsub_observe_latency(commit_times[i], now);
+		}
+		writes++;
+		if (lws_partial_buffered(wsi))
+			break;
+	}
+	if (s->queued_messages > 0)
 		lws_callback_on_writable(wsi);
 	return 0;
 }
@@ -961,6 +1126,8 @@ on_writeable(struct lws *wsi, RtsubSession *s)
 		return 0;
 	}
 
+	if (s->frames_raw)
+		return drain_frames(s, wsi, kind);
 	return drain_queue(s, wsi, kind, n);
 }
 
@@ -1032,7 +1199,7 @@ sse_on_writeable(struct lws *wsi, RtsubSession *s)
 
 	if (drain_queue(s, wsi, LWS_WRITE_HTTP, n) < 0)
 		return -1;
-	if (s->end_when_drained && dlist_is_empty(&s->queue))
+	if (s->end_when_drained && s->queued_messages == 0)
 	{
 		/* everything queued is written: end once lws has flushed it */
 		s->closing = true;
@@ -1457,6 +1624,8 @@ on_established(struct lws *wsi, RtsubSession *s)
 		"rtsub.v1.msgpack" : "rtsub.v1.json";
 
 	s->established = true;
+	/* no extension was offered, so none is active: frames are plain */
+	s->frames_raw = lws_hdr_total_length(wsi, WSI_TOKEN_EXTENSIONS) <= 0;
 	dlist_push_tail(&sessions, &s->node);
 	nsessions++;
 	count(&rtsub_shared->ws_sessions_open, 1);
@@ -1599,7 +1768,7 @@ tick(lws_sorted_usec_list_t *sul)
 					hb_built = true;
 				}
 				if (s->kind == SESSION_SSE)
-					(void) enqueue(s, hb[2].data, hb[2].len);
+					(void) enqueue(s, hb[2].data, hb[2].len, RTSUB_PRIORITIES - 1);
 				else
 					send_buf(s, &hb[s->format == RTSUB_FORMAT_MSGPACK ? 1 : 0]);
 			}
@@ -2183,4 +2352,85 @@ int
 rtsub_sessions_count(void)
 {
 	return nsessions;
+}
+
+/* append a JSON string, or null */
+static void
+json_str_or_null(StringInfo out, const char *v)
+{
+	if (v == NULL)
+		appendStringInfoString(out, "null");
+	else
+		escape_json(out, v);
+}
+
+/*
+ * Describe every established session and its subscriptions as a JSON
+ * array, for rtsub.connections and rtsub.active_subscriptions (monitor.c)
+ */
+void
+rtsub_sessions_describe(StringInfo out)
+{
+	dlist_iter	it;
+	bool		first = true;
+
+	appendStringInfoChar(out, '[');
+	dlist_foreach(it, &sessions)
+	{
+		RtsubSession *s = dlist_container(RtsubSession, node, it.cur);
+		dlist_iter	si;
+		bool		first_sub = true;
+
+		if (!first)
+			appendStringInfoChar(out, ',');
+		first = false;
+		appendStringInfo(out, "{\"id\":" UINT64_FORMAT ",\"transport\":\"%s\",\"format\":\"%s\",\"remote_addr\":",
+						 s->serial, s->kind == SESSION_SSE ? "sse" : "websocket",
+						 s->format == RTSUB_FORMAT_MSGPACK ? "msgpack" : "json");
+		escape_json(out, s->remote);
+		appendStringInfoString(out, ",\"user\":");
+		json_str_or_null(out, s->user);
+		appendStringInfoString(out, ",\"role\":");
+		json_str_or_null(out, s->role);
+		appendStringInfoString(out, ",\"connected_at\":");
+		escape_json(out, timestamptz_to_str(s->connected_at));
+		appendStringInfoString(out, ",\"token_expires_at\":");
+		if (s->exp == PG_INT64_MIN)
+			appendStringInfoString(out, "null");
+		else
+			appendStringInfo(out, INT64_FORMAT, s->exp);
+		appendStringInfo(out, ",\"state\":\"%s\",\"subscriptions\":%d,\"messages_sent\":" UINT64_FORMAT
+						 ",\"bytes_sent\":" UINT64_FORMAT ",\"queue_bytes\":%zu,\"queue_messages\":%d,\"subs\":[",
+						 s->closing ? "closing" : (s->authenticated ? "open" : "authenticating"),
+						 s->nsubs, s->messages_sent, s->bytes_sent, s->queued_bytes,
+						 s->queued_messages);
+		dlist_foreach(si, &s->subs)
+		{
+			SessionSub *ss = dlist_container(SessionSub, node, si.cur);
+
+			if (!first_sub)
+				appendStringInfoChar(out, ',');
+			first_sub = false;
+			appendStringInfoString(out, "{\"id\":");
+			escape_json(out, ss->id);
+			appendStringInfoString(out, ",\"subscription\":");
+			escape_json(out, ss->name);
+			if (ss->sub)
+				rtsub_subscription_describe(ss->sub, out);
+			appendStringInfoChar(out, '}');
+		}
+		appendStringInfoString(out, "]}");
+	}
+	appendStringInfoChar(out, ']');
+}
+
+/*
+ * The commit time of the change the next messages carry (0: none), for the
+ * commit-to-send latency histogram; set by the engine around sending a
+ * change
+ */
+void
+rtsub_session_event_time(TimestampTz commit_time)
+{
+	event_commit_time = commit_time;
 }

@@ -46,6 +46,7 @@
 #include "utils/resowner.h"
 
 #include "config.h"
+#include "shmem.h"
 #include "snapshot.h"
 
 #define SNAPSHOT_MAGIC		0x72747331
@@ -53,6 +54,7 @@
 #define KEY_REQUEST			1
 #define KEY_QUEUE			2
 #define NSTRINGS			5
+#define FORWARD_BYTES_PER_POLL	(2 * 1024 * 1024)
 
 /* the request as laid out in shared memory */
 typedef struct SharedRequest
@@ -170,6 +172,8 @@ start_reader(RtsubSnapshotReader *r)
 	r->seg = seg;
 	r->mqh = shm_mq_attach(mq, seg, r->handle);
 	r->running = true;
+	if (rtsub_shared)
+		pg_atomic_fetch_add_u64(&rtsub_shared->snapshots_started, 1);
 	pfree(r->request);
 	r->request = NULL;
 	return true;
@@ -268,9 +272,11 @@ rtsub_snapshots_poll(void)
 	dlist_foreach_modify(it, &running)
 	{
 		RtsubSnapshotReader *r = dlist_container(RtsubSnapshotReader, node, it.cur);
+		Size		forwarded = 0;
 		int			n;
 
-		for (n = 0; n < 64; n++)
+		/* a bounded share per loop iteration: other clients are not stalled */
+		for (n = 0; n < 64 && forwarded < FORWARD_BYTES_PER_POLL; n++)
 		{
 			Size		len;
 			void	   *data;
@@ -287,9 +293,10 @@ rtsub_snapshots_poll(void)
 										 "the snapshot worker exited before the snapshot was complete");
 				break;
 			}
+			forwarded += len;
 			if (!dispatch(r, data, len))
 				break;
-			if (n == 63)
+			if (n == 63 || forwarded >= FORWARD_BYTES_PER_POLL)
 				more = true;
 		}
 	}

@@ -45,9 +45,11 @@
 #include "commands/extension.h"
 #include "utils/timestamp.h"
 
+#include "audit.h"
 #include "config.h"
 #include "auth_jwt.h"
 #include "evaluate.h"
+#include "monitor.h"
 #include "stream.h"
 #include "shmem.h"
 #include "window.h"
@@ -62,6 +64,7 @@
 static bool stream_opened = false;
 static TimestampTz stream_failed_at = 0;	/* the last stream error */
 static TimestampTz extension_checked_at = 0;
+static Oid	stream_extension = InvalidOid;	/* the extension the stream serves */
 #define MAX_WAIT_MS		1000L
 #define LOG_EVERY_NTH_FAILURE	(60 / RESTART_SECONDS)
 
@@ -158,24 +161,24 @@ start_serving(void)
 }
 
 /*
- * Is the rtsub extension installed in the server's database?  Checked at
- * most once a second; without it the server keeps no slot (DROP EXTENSION
- * must not leave one behind).
+ * The OID of the rtsub extension in the server's database (InvalidOid:
+ * not installed).  Checked at most once a second; without it the server
+ * keeps no slot (DROP EXTENSION must not leave one behind).
  */
-static bool
+static Oid
 extension_present(void)
 {
-	static bool present = false;
+	static Oid	oid = InvalidOid;
 	TimestampTz now = GetCurrentTimestamp();
 
 	if (extension_checked_at != 0 &&
 		!TimestampDifferenceExceeds(extension_checked_at, now, EXTENSION_CHECK_MS))
-		return present;
+		return oid;
 	extension_checked_at = now;
 	StartTransactionCommand();
-	present = OidIsValid(get_extension_oid("rtsub", true));
+	oid = get_extension_oid("rtsub", true);
 	CommitTransactionCommand();
-	return present;
+	return oid;
 }
 
 /* the extension is gone: drop the slot, forget the window, reset clients */
@@ -222,13 +225,18 @@ poll_stream(void)
 		XLogRecPtr	upto;
 		int			n;
 
-		if (!extension_present())
+		Oid			ext = extension_present();
+
+		if (!OidIsValid(ext) || (OidIsValid(stream_extension) && ext != stream_extension))
 		{
+			/* gone, or dropped and created again: the old stream is over */
 			stream_retire();
+			stream_extension = InvalidOid;
 			stream_failed_at = 0;
 		}
-		else
+		if (OidIsValid(ext))
 		{
+			stream_extension = ext;
 			if (stream_failed_at != 0 || !stream_opened)
 			{
 				bool		created = rtsub_stream_ensure_slot(rtsub_slot_name);
@@ -258,6 +266,7 @@ poll_stream(void)
 				rtsub_evaluate_segment(seg);
 				rtsub_stream_confirm(rtsub_window_checkpoint(upto, GetCurrentTimestamp()));
 				pg_atomic_write_u64(&rtsub_shared->stream_read_upto, upto);
+				pg_atomic_write_u64(&rtsub_shared->slot_confirmed, rtsub_stream_confirmed());
 				CHECK_FOR_INTERRUPTS();
 			} while (n >= STREAM_BATCH);
 		}
@@ -310,6 +319,10 @@ step_engine(void)
 	PG_TRY();
 	{
 		more = rtsub_engine_step(rtsub_stream_read_upto(), GetCurrentTimestamp());
+		pg_atomic_write_u64(&rtsub_shared->window_bytes, rtsub_window_bytes());
+		pg_atomic_write_u64(&rtsub_shared->window_start, rtsub_window_start().lsn);
+		rtsub_monitor_serve();
+		rtsub_audit_flush();
 	}
 	PG_CATCH();
 	{
@@ -372,7 +385,7 @@ rtsub_worker_main(Datum main_arg)
 		MemoryContextReset(iteration_cxt);
 		MemoryContextSwitchTo(iteration_cxt);
 
-		nevents = WaitEventSetWait(set, busy ? 0 : rtsub_ws_timeout(MAX_WAIT_MS),
+		nevents = WaitEventSetWait(set, busy ? 0 : rtsub_ws_timeout(rtsub_engine_wait_ms(MAX_WAIT_MS)),
 								   events, lengthof(events), PG_WAIT_EXTENSION);
 		for (i = 0; i < nevents; i++)
 		{
