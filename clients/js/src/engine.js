@@ -16,7 +16,7 @@
 
 import { Emitter, backoffDelay, reportError } from './util.js';
 import { RowSet } from './rowset.js';
-import { maxEventId } from './eventid.js';
+import { maxEventId, compareEventIds } from './eventid.js';
 import { WsTransport, SseTransport, resolveWebSocket, baseUrls } from './transport.js';
 
 const FATAL_SUB_ERRORS = new Set(['unknown_subscription', 'forbidden', 'bad_params', 'bad_field', 'duplicate_id']);
@@ -49,7 +49,7 @@ export class Engine extends Emitter {
     this.stopped = false;
     this.timers = { reconnect: null, refresh: null, watchdog: null };
     this.saveTimers = new Map();
-    this.stats = { connects: 0, welcomes: 0, messages: 0, resumed: 0, snapshots: 0, resets: 0 };
+    this.stats = { connects: 0, welcomes: 0, messages: 0, resumed: 0, snapshots: 0, resets: 0, duplicates: 0 };
   }
 
   // ------------------------------------------------------------ public
@@ -348,6 +348,7 @@ export class Engine extends Emitter {
           sub.pending = new RowSet(sub.keyCols);
           sub.snapshotAt = m.at ?? null;
           sub.resumable = false;
+          sub.last = null;          // the snapshot is the new base; live.at the new resume point
           this._phase(sub, 'snapshot');
         } else if (m.resumed) {
           this.stats.resumed++;
@@ -422,6 +423,9 @@ export class Engine extends Emitter {
     }
     const ops = [];
     for (const e of events) {
+      // a change at or before the resume point was applied already (the
+      // stream is at-least-once across reconnects): skip it
+      if (e.event && sub.last && compareEventIds(e.event, sub.last) <= 0) { this.stats.duplicates++; continue; }
       const op = sub.rows.applyChange(e);
       if (e.event) sub.last = maxEventId(sub.last, e.event);
       if (op) ops.push(op);

@@ -217,7 +217,7 @@ export interface ClientInfo {
   online: boolean;
   /** leader only: the server subscriptions open */
   serverSubscriptions: number | null;
-  stats: { connects: number; welcomes: number; messages: number; resumed: number; snapshots: number; resets: number } | null;
+  stats: { connects: number; welcomes: number; messages: number; resumed: number; snapshots: number; resets: number; duplicates: number } | null;
   queued: number;
 }
 

@@ -114,6 +114,14 @@ export async function mockServer({ chunkRows = 2, epoch = '00000000000000aa' } =
       }
     },
     newEpoch(e) { state.epoch = e; state.log = []; },
+    /** sends the last logged change again to every subscriber (an at-least-once replay) */
+    replayLast() {
+      const e = state.log.at(-1);
+      for (const s of state.sessions) for (const [cid, sub] of s.subs) {
+        const ch = filterChange(e, sub.params);
+        if (ch) send(s, { type: 'change', id: cid, ...ch });
+      }
+    },
     dropAll() { for (const s of state.sessions) s.ws.terminate(); },
     /** the open sessions stop sending (new ones do not) */
     silence(on = true) { for (const s of state.sessions) s.silent = on; },

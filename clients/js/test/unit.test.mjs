@@ -210,6 +210,23 @@ test('mock: a dropped connection resumes after the last event; missed changes ar
   assert.equal(client.info().stats.resumed, 1);
 });
 
+test('mock: a change delivered twice (at or before the resume point) is applied once', { timeout: 60000 }, async () => {
+  const { mock, client } = await setup();
+  const v = client.subscribe('s', { org: 1 });
+  await v.ready;
+  const seen = [];
+  v.on('insert', (r) => seen.push(`insert:${r.id}`));
+  v.on('update', (r) => seen.push(`update:${r.id}:${r.t}`));
+  mock.commit(['insert', { id: 1, org: 1, t: 'a' }]);
+  mock.commit(['update', { id: 1, org: 1, t: 'b' }]);
+  await until(() => seen.length === 2, 2000, 'two changes');
+  mock.replayLast();
+  mock.commit(['update', { id: 1, org: 1, t: 'c' }]);
+  await until(() => seen.length === 3, 2000, 'the third change');
+  assert.deepEqual(seen, ['insert:1', 'update:1:b', 'update:1:c']);
+  assert.equal(client.info().stats.duplicates, 1);
+});
+
 test('mock: reset of an open subscription takes a new snapshot transparently', { timeout: 60000 }, async () => {
   const { mock, client } = await setup();
   mock.commit(['insert', { id: 1, org: 1 }], ['insert', { id: 2, org: 1 }]);
