@@ -4,7 +4,6 @@
 
 import { Emitter, canonicalJson } from './util.js';
 import { RowSet } from './rowset.js';
-import { maxEventId } from './eventid.js';
 
 const HANDLERS = {
   onInsert: 'insert', onUpdate: 'update', onDelete: 'delete', onLive: 'live', onReset: 'reset',
@@ -189,7 +188,7 @@ export class Subscription extends Emitter {
     switch (msg.t) {
       case 'ops': {
         this._applyOps(msg.ops, { source: 'server' });
-        if (msg.last) this.last = maxEventId(this.last, msg.last);
+        if (msg.last) this.last = msg.last;          // the engine's resume point
         if (msg.epoch) this.epoch = msg.epoch;
         return;
       }
@@ -210,7 +209,7 @@ export class Subscription extends Emitter {
         return;
       }
       case 'live':
-        this.last = maxEventId(this.last, msg.last ?? msg.at);
+        this.last = msg.last ?? msg.at ?? this.last;
         if (msg.epoch) this.epoch = msg.epoch;
         this.resumable = !!this.last;
         this._setLive(msg.at);
