@@ -132,7 +132,7 @@ export interface ClientOptions {
 export interface ChangeMeta {
   /** the row key (canonical JSON of the key columns' values) */
   key: string;
-  /** 'server' (a change), 'state' / 'cache' (a snapshot, another tab's state, or the persisted cache), 'local' (a queued write) */
+  /** 'server' (a change or a snapshot), 'state' (rows handed over by the leader tab), 'cache' (persisted rows), 'local' (a queued write) */
   source: 'server' | 'state' | 'cache' | 'local';
   /** the event id of the change */
   event?: string | null;
