@@ -53,7 +53,7 @@ export async function staticServer({ roots, token, write }) {
       res.writeHead(404);
       res.end('not found');
     } catch (e) {
-      res.writeHead(e.code === 'ENOENT' ? 404 : 500, { 'content-type': 'text/plain' });
+      res.writeHead(e.status ?? (e.code === 'ENOENT' ? 404 : 500), { 'content-type': 'text/plain' });
       res.end(String(e.message ?? e));
     }
   });
@@ -75,11 +75,13 @@ export async function setup() {
     .setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setIssuedAt()
     .setExpirationTime(Math.floor(Date.now() / 1000) + ttl).sign(key);
   const writes = [];
+  const control = { failWrites: false };
   const web = await staticServer({
     roots: { '/src/': path.join(clientDir, 'src') + '/', '/node_modules/': path.join(clientDir, 'node_modules') + '/', '/': here + '/' },
     token: () => mint({}),
     // the application's write endpoint: UPDATE/INSERT/DELETE of rtb_items
     write: async (m) => {
+      if (control.failWrites) throw Object.assign(new Error('the backend is down'), { status: 503 });
       writes.push(m);
       if (m.op === 'update') {
         const cols = Object.keys(m.patch).filter((k) => k !== 'id' && k !== 'version');
@@ -102,7 +104,7 @@ export async function setup() {
     ],
   });
   return {
-    db, port, serverUrl: `http://127.0.0.1:${port}`, web, browser, writes, mint,
+    db, port, serverUrl: `http://127.0.0.1:${port}`, web, browser, writes, mint, control,
     async metric(name) {
       const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
       const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);

@@ -3,7 +3,8 @@
 // one origin share one connection and one server subscription per
 // distinct subscription (two and three tabs), leader close and failover,
 // offline/online with writes queued offline, a reload that shows the
-// cached rows at once and resumes; JSON and MessagePack.
+// cached rows at once and resumes, queued writes outliving their tab;
+// JSON and MessagePack.
 //
 // Figures printed (no timed assertions): the delay between the leader's
 // view and the other tabs' views for each change, and the failover time.
@@ -208,3 +209,27 @@ for (const format of ['json', 'msgpack']) {
     await context.close();
   });
 }
+
+test('json: writes still queued when their tab closes are replayed by the next tab', { timeout: 120000 }, async () => {
+  await H.db.query('TRUNCATE rtb_items');
+  await H.db.query(`INSERT INTO rtb_items (id, org, title) VALUES (1, 1, 'a')`);
+  H.writes.length = 0;
+  H.control.failWrites = true;              // the application's backend is down
+  const context = await H.browser.newContext();
+  const page = await openTab(context, H.serverUrl, { options: { writeBackoff: { base: 200, max: 1000 } } });
+  await live(page);
+  await page.evaluate(() => { window.view.update(1, { title: 'queued' }, { priority: 'high' }); });
+  await until(() => page.evaluate(() => window.client.writes.list()[0]?.attempts >= 2), 10000, 'failed attempts');
+  assert.equal(await page.evaluate(() => window.view.rowStatus(1)), 'pending');
+  await page.close();
+  H.control.failWrites = false;
+  const again = await openTab(context, H.serverUrl);
+  await live(again);
+  await until(() => again.evaluate(() => window.view.get(1)?.title === 'queued' && window.view.status === 'synced'),
+    15000, 'the adopted write replayed and synced');
+  assert.deepEqual(H.writes.map((w) => [w.op, w.patch.title, w.priority]), [['update', 'queued', 'high']]);
+  const row = (await H.db.query('SELECT title FROM rtb_items WHERE id = 1')).rows[0];
+  assert.equal(row.title, 'queued');
+  assert.equal(await again.evaluate(() => window.client.writes.size), 0);
+  await context.close();
+});
