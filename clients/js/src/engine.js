@@ -47,7 +47,10 @@ export class Engine extends Emitter {
     this.openedAt = 0;
     this.online = true;
     this.stopped = false;
-    this.timers = { reconnect: null, refresh: null, watchdog: null };
+    this.timers = { reconnect: null, refresh: null, watchdog: null, send: null };
+    this.sendQueue = [];
+    this.sendSecond = 0;
+    this.sentThisSecond = 0;
     this.saveTimers = new Map();
     this.stats = { connects: 0, welcomes: 0, messages: 0, resumed: 0, snapshots: 0, resets: 0, duplicates: 0 };
   }
@@ -84,7 +87,7 @@ export class Engine extends Emitter {
     clearTimeout(sub.retry);
     if (sub.id) {
       this.byId.delete(sub.id);
-      if (this.conn && this.welcome) this.conn.send({ type: 'unsubscribe', id: sub.id });
+      if (this.conn && this.welcome) this._send({ type: 'unsubscribe', id: sub.id });
     }
     sub.stream?.close();
     this._flushSave(sub);
@@ -176,6 +179,9 @@ export class Engine extends Emitter {
     if (conn !== this.conn) return;
     this.conn = null;
     this.welcome = null;
+    this.sendQueue = [];
+    clearTimeout(this.timers.send);
+    this.timers.send = null;
     clearTimeout(this.timers.refresh);
     clearTimeout(this.timers.watchdog);
     if (this.openedAt && Date.now() - this.openedAt > 10000) this.attempt = 0;
@@ -244,7 +250,7 @@ export class Engine extends Emitter {
     this.timers.refresh = setTimeout(async () => {
       try {
         const token = await this.getToken();
-        if (conn === this.conn) conn.send({ type: 'refresh', token });
+        if (conn === this.conn) this._send({ type: 'refresh', token });
       } catch (e) {
         this.emit('error', { code: 'token_provider_failed', message: String(e?.message ?? e) });
         this._scheduleRefresh(exp);
@@ -263,7 +269,37 @@ export class Engine extends Emitter {
     sub.pending = null;
     sub.live = false;
     this._phase(sub, 'subscribing');
-    this.conn.send(msg);
+    this._send(msg);
+  }
+
+  // Sends within the server's rate limit (welcome.limits.maxMessagesPerSecond,
+  // counted per wall-clock second; a message over it would be dropped):
+  // at most 80 % of it per second, the rest queued for the next seconds.
+  _send(msg) {
+    const conn = this.conn;
+    if (!conn) return;
+    const limit = Math.max(1, Math.floor((this.welcome?.limits?.maxMessagesPerSecond ?? 100) * 0.8));
+    const sec = Math.floor(Date.now() / 1000);
+    if (this.sendSecond !== sec) { this.sendSecond = sec; this.sentThisSecond = 0; }
+    if (!this.sendQueue.length && this.sentThisSecond < limit) {
+      this.sentThisSecond++;
+      conn.send(msg);
+      return;
+    }
+    this.sendQueue.push(msg);
+    if (this.timers.send) return;
+    const flush = () => {
+      this.timers.send = null;
+      if (conn !== this.conn) { this.sendQueue = []; return; }
+      const now = Math.floor(Date.now() / 1000);
+      if (this.sendSecond !== now) { this.sendSecond = now; this.sentThisSecond = 0; }
+      while (this.sendQueue.length && this.sentThisSecond < limit) {
+        this.sentThisSecond++;
+        conn.send(this.sendQueue.shift());
+      }
+      if (this.sendQueue.length) this.timers.send = setTimeout(flush, 1000 - (Date.now() % 1000) + 5);
+    };
+    this.timers.send = setTimeout(flush, 1000 - (Date.now() % 1000) + 5);
   }
 
   _subError(sub, m) {

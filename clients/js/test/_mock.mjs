@@ -7,7 +7,7 @@
 import { WebSocketServer } from 'ws';
 import { encode, decode } from '@msgpack/msgpack';
 
-export async function mockServer({ chunkRows = 2, epoch = '00000000000000aa' } = {}) {
+export async function mockServer({ chunkRows = 2, epoch = '00000000000000aa', maxMessagesPerSecond = 100 } = {}) {
   const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', handleProtocols: (ps) => [...ps][0] });
   await new Promise((r) => wss.on('listening', r));
   const state = {
@@ -39,11 +39,15 @@ export async function mockServer({ chunkRows = 2, epoch = '00000000000000aa' } =
     ws.on('close', () => state.sessions.delete(s));
     ws.on('message', (data, isBinary) => {
       const m = isBinary ? decode(data) : JSON.parse(data.toString());
+      // the server's rate limit: messages over it in a wall-clock second are dropped
+      const sec = Math.floor(Date.now() / 1000);
+      if (s.second !== sec) { s.second = sec; s.count = 0; }
+      if (++s.count > maxMessagesPerSecond) { state.dropped = (state.dropped ?? 0) + 1; return; }
       state.received.push(m);
       if (m.type === 'auth') {
         s.authed = true;
         send(s, { type: 'welcome', protocol: 1, server: 'mock', epoch: state.epoch, role: 'r',
-          exp: Math.floor(Date.now() / 1000) + 3600, heartbeatMs: 1000, limits: {} });
+          exp: Math.floor(Date.now() / 1000) + 3600, heartbeatMs: 1000, limits: { maxMessagesPerSecond } });
       } else if (m.type === 'subscribe') {
         const sub = { params: m.params ?? {} };
         s.subs.set(m.id, sub);

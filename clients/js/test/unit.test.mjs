@@ -227,6 +227,17 @@ test('mock: a change delivered twice (at or before the resume point) is applied 
   assert.equal(client.info().stats.duplicates, 1);
 });
 
+test('mock: subscribing many at once stays within the server\'s message rate limit', { timeout: 60000 }, async () => {
+  const { mock, client } = await setup({}, { maxMessagesPerSecond: 5 });
+  mock.commit(['insert', { id: 1, org: 3 }]);
+  const views = [];
+  for (let org = 0; org < 12; org++) views.push(client.subscribe('s', { org }));
+  await Promise.all(views.map((v) => v.ready));
+  assert.equal(mock.state.dropped ?? 0, 0, 'no message dropped by the server');
+  assert.equal(mock.subscribes().length, 12);
+  assert.equal(ids(views[3]), '1');
+});
+
 test('mock: reset of an open subscription takes a new snapshot transparently', { timeout: 60000 }, async () => {
   const { mock, client } = await setup();
   mock.commit(['insert', { id: 1, org: 1 }], ['insert', { id: 2, org: 1 }]);
