@@ -1,15 +1,18 @@
-// A small in-process stand-in for the rtsub server's WebSocket protocol
+// A small in-process stand-in for the rtsub server's protocol
 // (docs/protocol.md), for unit tests of the client's protocol handling:
-// auth/welcome, subscribe with snapshot (in chunks) / resume / reset,
-// change, live, refresh, unsubscribe; JSON and MessagePack. One table of
+// WebSocket (auth/welcome, subscribe with snapshot (in chunks) / resume /
+// reset, change, live, refresh, unsubscribe; JSON and MessagePack) and SSE
+// (GET /v1/sse, snapshot, Last-Event-ID resume, id: lines). One table of
 // rows with an `org` column; a subscription's params.org selects rows.
 // Tests drive it: commit(), resetAll(), dropAll(), silence().
+import http from 'node:http';
 import { WebSocketServer } from 'ws';
 import { encode, decode } from '@msgpack/msgpack';
 
 export async function mockServer({ chunkRows = 2, epoch = '00000000000000aa', maxMessagesPerSecond = 100 } = {}) {
-  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', handleProtocols: (ps) => [...ps][0] });
-  await new Promise((r) => wss.on('listening', r));
+  const httpServer = http.createServer((req, res) => sse(req, res));
+  const wss = new WebSocketServer({ server: httpServer, handleProtocols: (ps) => [...ps][0] });
+  await new Promise((r) => httpServer.listen(0, '127.0.0.1', r));
   const state = {
     epoch, lsn: 0x100, rows: new Map(), log: [], sessions: new Set(), received: [], silent: false,
   };
@@ -17,8 +20,60 @@ export async function mockServer({ chunkRows = 2, epoch = '00000000000000aa', ma
   const visible = (row, params) => row && row.org === params.org;
 
   function send(s, m) {
-    if (s.silent || s.ws.readyState !== 1) return;
+    if (s.silent) return;
+    if (s.sse) {
+      if (s.sse.destroyed) return;
+      const at = m.type === 'change' ? m.event : m.type === 'live' ? m.at : null;
+      s.sse.write(`${at ? `id: ${at}@${state.epoch}\n` : ''}event: ${m.type}\ndata: ${JSON.stringify(m)}\n\n`);
+      return;
+    }
+    if (s.ws.readyState !== 1) return;
     s.ws.send(s.msgpack ? encode(m) : JSON.stringify(m));
+  }
+
+  function subscribe(s, m) {
+    const sub = { params: m.params ?? {} };
+    s.subs.set(m.id, sub);
+    if (m.resume) {
+      const i = state.log.findIndex((e) => e.event === m.resume.after);
+      const known = m.resume.epoch === state.epoch && (i >= 0 || m.resume.after === `${id()}:0`);
+      if (!known) {
+        send(s, { type: 'reset', id: m.id, reason: m.resume.epoch === state.epoch ? 'beyond_window' : 'epoch_changed' });
+        if (m.snapshot) snapshot(s, sub, m.id); else s.subs.delete(m.id);
+        return;
+      }
+      send(s, { type: 'subscribed', id: m.id, at: m.resume.after, epoch: state.epoch, snapshot: false, resumed: true });
+      for (const e of state.log.slice(i + 1)) {
+        const ch = filterChange(e, sub.params);
+        if (ch) send(s, { type: 'change', id: m.id, ...ch });
+      }
+      send(s, { type: 'live', id: m.id, at: state.log.at(-1)?.event ?? m.resume.after, epoch: state.epoch });
+    } else if (m.snapshot) {
+      snapshot(s, sub, m.id);
+    } else {
+      send(s, { type: 'subscribed', id: m.id, at: `${id()}:0`, epoch: state.epoch, snapshot: false, resumed: false });
+    }
+  }
+
+  // GET /v1/sse?subscription=&params=&snapshot=&access_token= [Last-Event-ID: id@epoch]
+  function sse(req, res) {
+    const url = new URL(req.url, 'http://x');
+    if (url.pathname !== '/v1/sse') { res.writeHead(404); res.end(); return; }
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store' });
+    const s = { sse: res, subs: new Map() };
+    state.sessions.add(s);
+    res.on('close', () => state.sessions.delete(s));
+    send(s, { type: 'welcome', protocol: 1, server: 'mock', epoch: state.epoch, role: 'r',
+      exp: Math.floor(Date.now() / 1000) + 3600, heartbeatMs: 1000, limits: {} });
+    const m = { type: 'subscribe', id: 'sse', subscription: url.searchParams.get('subscription'),
+      params: JSON.parse(url.searchParams.get('params') ?? '{}'), snapshot: url.searchParams.get('snapshot') === 'true',
+      sse: true, lastEventId: req.headers['last-event-id'] ?? null };
+    if (m.lastEventId) {
+      const [after, epoch] = m.lastEventId.split('@');
+      m.resume = { epoch, after };
+    }
+    state.received.push(m);
+    subscribe(s, m);
   }
 
   function snapshot(s, sub, cid) {
@@ -49,27 +104,7 @@ export async function mockServer({ chunkRows = 2, epoch = '00000000000000aa', ma
         send(s, { type: 'welcome', protocol: 1, server: 'mock', epoch: state.epoch, role: 'r',
           exp: Math.floor(Date.now() / 1000) + 3600, heartbeatMs: 1000, limits: { maxMessagesPerSecond } });
       } else if (m.type === 'subscribe') {
-        const sub = { params: m.params ?? {} };
-        s.subs.set(m.id, sub);
-        if (m.resume) {
-          const i = state.log.findIndex((e) => e.event === m.resume.after);
-          const known = m.resume.epoch === state.epoch && (i >= 0 || m.resume.after === `${id()}:0`);
-          if (!known) {
-            send(s, { type: 'reset', id: m.id, reason: m.resume.epoch === state.epoch ? 'beyond_window' : 'epoch_changed' });
-            if (m.snapshot) snapshot(s, sub, m.id); else s.subs.delete(m.id);
-            return;
-          }
-          send(s, { type: 'subscribed', id: m.id, at: m.resume.after, epoch: state.epoch, snapshot: false, resumed: true });
-          for (const e of state.log.slice(i + 1)) {
-            const ch = filterChange(e, sub.params);
-            if (ch) send(s, { type: 'change', id: m.id, ...ch });
-          }
-          send(s, { type: 'live', id: m.id, at: state.log.at(-1)?.event ?? m.resume.after, epoch: state.epoch });
-        } else if (m.snapshot) {
-          snapshot(s, sub, m.id);
-        } else {
-          send(s, { type: 'subscribed', id: m.id, at: `${id()}:0`, epoch: state.epoch, snapshot: false, resumed: false });
-        }
+        subscribe(s, m);
       } else if (m.type === 'unsubscribe') {
         s.subs.delete(m.id);
         send(s, { type: 'unsubscribed', id: m.id });
@@ -92,7 +127,7 @@ export async function mockServer({ chunkRows = 2, epoch = '00000000000000aa', ma
   }
 
   return {
-    url: `http://127.0.0.1:${wss.address().port}`,
+    url: `http://127.0.0.1:${httpServer.address().port}`,
     state,
     /** commits one transaction of [op, row] (update/delete by row.id) */
     commit(...changes) {
@@ -126,10 +161,14 @@ export async function mockServer({ chunkRows = 2, epoch = '00000000000000aa', ma
         if (ch) send(s, { type: 'change', id: cid, ...ch });
       }
     },
-    dropAll() { for (const s of state.sessions) s.ws.terminate(); },
+    dropAll() { for (const s of state.sessions) { if (s.sse) s.sse.destroy(); else s.ws.terminate(); } },
     /** the open sessions stop sending (new ones do not) */
     silence(on = true) { for (const s of state.sessions) s.silent = on; },
     subscribes() { return state.received.filter((m) => m.type === 'subscribe'); },
-    close() { for (const s of state.sessions) s.ws.terminate(); wss.close(); },
+    close() {
+      for (const s of state.sessions) { if (s.sse) s.sse.destroy(); else s.ws.terminate(); }
+      wss.close();
+      httpServer.close();
+    },
   };
 }

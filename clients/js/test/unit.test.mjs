@@ -3,8 +3,9 @@
 // (priorities, order per row, retries with backoff, conflict policies), and
 // the protocol handling against an in-process mock server (_mock.mjs):
 // snapshots in chunks, dedup of identical subscriptions, resume after a
-// dropped connection, reset of an open subscription, epoch change, the
-// heartbeat watchdog, MessagePack.
+// dropped connection, duplicates, pacing within the rate limit, reset of
+// an open subscription, epoch change, the heartbeat watchdog, MessagePack,
+// SSE with Last-Event-ID.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
@@ -236,6 +237,27 @@ test('mock: subscribing many at once stays within the server\'s message rate lim
   assert.equal(mock.state.dropped ?? 0, 0, 'no message dropped by the server');
   assert.equal(mock.subscribes().length, 12);
   assert.equal(ids(views[3]), '1');
+});
+
+test('mock/sse: snapshot, changes, and a dropped stream resumed with Last-Event-ID', { timeout: 60000 }, async () => {
+  const { mock, client } = await setup({ transport: 'sse' });
+  mock.commit(['insert', { id: 1, org: 1 }], ['insert', { id: 2, org: 2 }]);
+  const v = client.subscribe('s', { org: 1 });
+  await v.ready;
+  assert.equal(ids(v), '1');
+  assert.equal(mock.subscribes()[0].snapshot, true);
+  mock.commit(['insert', { id: 3, org: 1 }]);
+  await until(() => v.get(3), 2000, 'row 3');
+  const last = v.last;
+  mock.dropAll();
+  await sleep(5);
+  mock.commit(['update', { id: 1, org: 1, t: 'x' }]);
+  await until(() => v.get(1).t === 'x', 3000, 'the change made while away');
+  const again = mock.subscribes().at(-1);
+  assert.equal(again.lastEventId, `${last}@00000000000000aa`, 'Last-Event-ID: <event id>@<epoch>');
+  assert.equal(client.info().stats.resumed, 1);
+  assert.equal(client.info().stats.snapshots, 1);
+  assert.equal(ids(v), '1,3');
 });
 
 test('mock: reset of an open subscription takes a new snapshot transparently', { timeout: 60000 }, async () => {
