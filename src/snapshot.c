@@ -125,8 +125,25 @@ rtsub_snapshot_request(RtsubSubscription *sub, const RtsubSnapshotRequest *req)
 }
 
 /* start a waiting reader's worker; false if no worker slot is free */
+static bool start_reader_in_context(RtsubSnapshotReader *r);
+
 static bool
 start_reader(RtsubSnapshotReader *r)
+{
+	/*
+	 * the handles below (the worker's, the queue's) live as long as the
+	 * reader, across iterations of the server's loop
+	 */
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	bool		ok = start_reader_in_context(r);
+
+	MemoryContextSwitchTo(oldcxt);
+	return ok;
+}
+
+/* start_reader's work, in TopMemoryContext */
+static bool
+start_reader_in_context(RtsubSnapshotReader *r)
 {
 	Size		size;
 	shm_toc_estimator e;
