@@ -16,7 +16,7 @@ export async function server() {
   const secret = (await db.query('SHOW rtsub.jwt_secret')).rows[0]['rtsub.jwt_secret'];
   assert.ok(secret, 'test/cluster.conf sets rtsub.jwt_secret');
   await db.query('CREATE EXTENSION IF NOT EXISTS rtsub');
-  assert.equal((await db.query('SELECT rtsub.wait_until_running(10000) AS up')).rows[0].up, true);
+  assert.equal((await db.query('SELECT rtsub.wait_until_running(60000) AS up')).rows[0].up, true);
   const key = new TextEncoder().encode(secret);
   return {
     db,

@@ -69,7 +69,7 @@ export async function setup() {
   const port = Number((await db.query('SHOW rtsub.port')).rows[0]['rtsub.port']);
   const secret = (await db.query('SHOW rtsub.jwt_secret')).rows[0]['rtsub.jwt_secret'];
   await db.query('CREATE EXTENSION IF NOT EXISTS rtsub');
-  assert.equal((await db.query('SELECT rtsub.wait_until_running(10000) AS up')).rows[0].up, true);
+  assert.equal((await db.query('SELECT rtsub.wait_until_running(60000) AS up')).rows[0].up, true);
   const key = new TextEncoder().encode(secret);
   const mint = (claims = {}, ttl = 3600) => new jose.SignJWT({ role: 'rtb_user', ...claims })
     .setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setIssuedAt()
