@@ -64,6 +64,13 @@ export class RtsubClient extends Emitter {
       on(window, 'online', () => this._setOnline(true));
       on(window, 'offline', () => this._setOnline(false));
       on(window, 'pagehide', () => this._bye());
+      // a hidden leader's reconnect timer may be throttled: visible tabs
+      // ask it to reconnect once the reconnect is due
+      this._kicker = setInterval(() => {
+        if (this.status === 'connecting' && document.visibilityState === 'visible') {
+          if (this.isLeader) this.engine?.kick(); else this._post({ t: 'kick' });
+        }
+      }, 1000);
     }
     this._start();
     this._adoptWrites();
@@ -144,6 +151,7 @@ export class RtsubClient extends Emitter {
     this._releaseTab?.();
     this.bc?.close();
     clearInterval(this._gc);
+    clearInterval(this._kicker);
     this._setStatus('closed');
   }
 
@@ -303,6 +311,9 @@ export class RtsubClient extends Emitter {
           if (m.key) this._leaderDrop(m.from, m.key);
           else this.engine?.drop();
         }
+        return;
+      case 'kick':
+        if (this.isLeader) this.engine?.kick();
         return;
       case 'bye':
         if (this.isLeader) for (const key of [...this.wants.keys()]) this._leaderDrop(m.from, key);

@@ -45,6 +45,7 @@ export class Engine extends Emitter {
     this.welcome = null;
     this.attempt = 0;
     this.openedAt = 0;
+    this.nextAttemptAt = 0;
     this.online = true;
     this.stopped = false;
     this.timers = { reconnect: null, refresh: null, watchdog: null, send: null };
@@ -172,7 +173,20 @@ export class Engine extends Emitter {
     if (this.stopped || !this.online || this.subs.size === 0) return;
     const delay = backoffDelay(this.attempt++, this.opts.backoff);
     this._setStatus('connecting');
+    this.nextAttemptAt = Date.now() + delay;
     this.timers.reconnect = setTimeout(() => this._connect(), delay);
+  }
+
+  /**
+   * Reconnects now if a reconnect is due but its timer has not fired (a
+   * hidden tab's timers are throttled by the browser). Keeps the backoff.
+   */
+  kick() {
+    if (this.transport === 'sse' || this.conn || this.connecting || this.stopped || !this.online) return false;
+    if (!this.nextAttemptAt || Date.now() < this.nextAttemptAt) return false;
+    clearTimeout(this.timers.reconnect);
+    this._connect();
+    return true;
   }
 
   _onClose(conn, info) {

@@ -260,6 +260,21 @@ test('mock/sse: snapshot, changes, and a dropped stream resumed with Last-Event-
   assert.equal(ids(v), '1,3');
 });
 
+test('mock: kick() reconnects when a due reconnect timer did not fire (throttled), not before', { timeout: 60000 }, async () => {
+  const { mock, client } = await setup({ backoff: { base: 400, max: 400 } });
+  const v = client.subscribe('s', { org: 1 });
+  await v.ready;
+  const engine = client.engine;
+  mock.dropAll();
+  await until(() => engine.status === 'connecting' && engine.timers.reconnect, 2000, 'a scheduled reconnect');
+  clearTimeout(engine.timers.reconnect);       // as a throttled background tab's timer
+  assert.equal(engine.kick(), false, 'not before the backoff delay');
+  await sleep(450);
+  assert.equal(engine.kick(), true);
+  await until(() => v.live && engine.status === 'open', 2000, 'reconnected');
+  assert.equal(engine.stats.connects, 2);
+});
+
 test('mock: reset of an open subscription takes a new snapshot transparently', { timeout: 60000 }, async () => {
   const { mock, client } = await setup();
   mock.commit(['insert', { id: 1, org: 1 }], ['insert', { id: 2, org: 1 }]);
