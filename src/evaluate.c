@@ -112,6 +112,8 @@ struct RtsubSubscription
 									 * may still come; NULL: none */
 	bool		awaiting_horizon;	/* snapshot started, horizon not known */
 	bool		live_pending;	/* send `live` once the horizon is passed */
+	bool		live_sent;		/* `live` (or a plain `subscribed`) was sent:
+								 * catching up again after a burst sends none */
 	RtsubSnapshotReader *reader;	/* while SUB_SNAPSHOT */
 	bool		ended;			/* reset or stopped: the session forgets it */
 	int			natts;			/* the table's columns when opened */
@@ -1051,6 +1053,7 @@ rtsub_subscription_open(RtsubSession *session, const RtsubClientIdentity *who,
 	else
 	{
 		sub->state = SUB_LIVE;
+		sub->live_sent = true;
 		sub->cursor = rtsub_window_head();
 		register_sub(sub);
 		send_subscribed(sub, sub->cursor, false, false);
@@ -1311,10 +1314,10 @@ send_change(RtsubSubscription *sub, const RtsubChange *c, const char *op,
 		StringInfoData err;
 
 		initStringInfo(&err);
-		rtsub_msg_error(&err, sub->format, "change_too_large",
-						psprintf("change %s is %d bytes, over rtsub.max_change_size (%d bytes)",
-								 event, buf.len, rtsub_max_change_size),
-						sub->client_id);
+		rtsub_msg_error_event(&err, sub->format, "change_too_large",
+							  psprintf("change %s is %d bytes, over rtsub.max_change_size (%d bytes)",
+									   event, buf.len, rtsub_max_change_size),
+							  sub->client_id, event);
 		sub_send(sub, &err);
 		pfree(buf.data);
 		ereport(LOG,
@@ -1533,6 +1536,27 @@ drop_slots(TupleTableSlot *newslot, TupleTableSlot *oldslot)
 		ExecDropSingleTupleTableSlot(oldslot);
 }
 
+/* the position just before pos (no event lies between the two) */
+static RtsubPos
+pos_before(RtsubPos pos)
+{
+	RtsubPos	p;
+
+	if (pos.pos > 0)
+	{
+		p.lsn = pos.lsn;
+		p.pos = pos.pos - 1;
+	}
+	else
+	{
+		p.lsn = pos.lsn - 1;	/* commit LSNs are record starts: never lsn - 1 */
+		p.pos = PG_UINT32_MAX;
+	}
+	return p;
+}
+
+static size_t catch_up_queue_limit(void);
+
 /* is this a change subscriptions evaluate (a row change)? */
 static inline bool
 is_row_change(const RtsubChange *c)
@@ -1582,6 +1606,22 @@ rtsub_evaluate_segment(RtsubSegment *seg)
 			if (sub->state != SUB_LIVE || sub->failed || sub->ended ||
 				rtsub_pos_cmp(pos, sub->cursor) <= 0)
 				continue;
+			if (rtsub_session_queued(sub->session) > catch_up_queue_limit())
+			{
+				/*
+				 * its client is behind (a big transaction, a slow link):
+				 * the rest comes from the window as its socket drains,
+				 * instead of piling up in its queue
+				 */
+				MemoryContext old = MemoryContextSwitchTo(engine_cxt);
+
+				sub->state = SUB_CATCHUP;
+				sub->cursor = pos_before(pos);
+				if (!list_member_ptr(pending, sub))
+					pending = lappend(pending, sub);
+				MemoryContextSwitchTo(old);
+				continue;
+			}
 			if (newslot == NULL && oldslot == NULL)
 				change_slots(c, &newslot, &oldslot);
 			evaluate_guarded(sub, c, newslot, oldslot, &econtext, cxt);
@@ -1675,7 +1715,9 @@ became_live(RtsubSubscription *sub, XLogRecPtr read_upto)
 		sub->horizon = NULL;
 	}
 	sub->live_pending = false;
-	send_live(sub);
+	if (!sub->live_sent)
+		send_live(sub);
+	sub->live_sent = true;
 }
 
 /* the most a catching-up subscription may have queued at its client */
@@ -1725,7 +1767,12 @@ catch_up_one(RtsubSubscription *sub, int *budget, XLogRecPtr read_upto,
 			if (*budget <= 0)
 				return true;
 			if (rtsub_session_queued(sub->session) > catch_up_queue_limit())
-				return false;	/* its socket's writability wakes us */
+			{
+				/* its socket's writability wakes us; a client that reads
+				 * nothing is closed (4009) */
+				(void) rtsub_session_check_stalled(sub->session);
+				return false;
+			}
 			(*budget)--;
 			sub->cursor = rtsub_change_pos(c);
 			if (c->relid != sub->relid || !is_row_change(c))
@@ -1845,8 +1892,12 @@ rtsub_snapshot_on_failed(RtsubSubscription *sub, const char *code,
 bool
 rtsub_snapshot_may_send(RtsubSubscription *sub)
 {
-	return !sub->ended &&
-		rtsub_session_queued(sub->session) < (size_t) Max(rtsub_max_send_buffer / 2, 64 * 1024);
+	if (sub->ended)
+		return false;
+	if (rtsub_session_queued(sub->session) < (size_t) Max(rtsub_max_send_buffer / 2, 64 * 1024))
+		return true;
+	(void) rtsub_session_check_stalled(sub->session);	/* reads nothing: 4009 */
+	return false;
 }
 
 /* ----------------------------------------------------------------

@@ -1411,13 +1411,23 @@ void
 rtsub_msg_error(StringInfo out, RtsubFormat f, const char *code,
 				const char *message, const char *ref)
 {
+	rtsub_msg_error_event(out, f, code, message, ref, NULL);
+}
+
+/* error about one event (change_too_large): also its event id */
+void
+rtsub_msg_error_event(StringInfo out, RtsubFormat f, const char *code,
+					  const char *message, const char *ref, const char *event)
+{
 	RtsubWriter w;
 
-	msg_begin(&w, out, f, "error", ref ? 4 : 3);
+	msg_begin(&w, out, f, "error", 3 + (ref ? 1 : 0) + (event ? 1 : 0));
 	put_str(&w, "code", code);
 	put_str(&w, "message", message);
 	if (ref)
 		put_str(&w, "ref", ref);
+	if (event)
+		put_str(&w, "event", event);
 	w.enc->map_end(&w);
 }
 

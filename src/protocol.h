@@ -99,6 +99,9 @@ extern void rtsub_msg_pong(StringInfo out, RtsubFormat f, const char *nonce_json
 extern void rtsub_msg_refreshed(StringInfo out, RtsubFormat f, int64 exp);
 extern void rtsub_msg_error(StringInfo out, RtsubFormat f, const char *code,
 							const char *message, const char *ref);
+extern void rtsub_msg_error_event(StringInfo out, RtsubFormat f, const char *code,
+								  const char *message, const char *ref,
+								  const char *event);
 extern void rtsub_msg_heartbeat(StringInfo out, RtsubFormat f, const char *at);
 extern void rtsub_msg_reset(StringInfo out, RtsubFormat f, const char *id,
 							const char *reason);

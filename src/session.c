@@ -76,6 +76,19 @@
 #define AUTH_TIMEOUT_MS		5000	/* for the first message `auth` */
 #define TICK_US				(250 * 1000)	/* timer resolution */
 #define MAX_WRITES_PER_CALLBACK 64	/* messages per writable callback */
+
+/*
+ * WebSocket messages written through lws (with permessage-deflate, and
+ * large ones) go out in fragments of at most this many bytes: lws's
+ * deflate output buffer is 1 kB (PMD_TX_BUF_PWR2 10), and a fragment whose
+ * compressed form does not fit would leave the extension "draining", which
+ * lws 4.1 does not let a writer continue from safely.  Deflate's worst
+ * case adds a few bytes per block and flush, hence the margin.
+ */
+#define WS_FRAGMENT 960
+
+/* a client that reads nothing for this long while its queue is full is closed */
+#define SLOW_CONSUMER_MS 5000
 #define RATE_STREAK_CLOSE	3	/* consecutive seconds over the rate: 4008 */
 #define CLOSE_ACK_TIMEOUT_S	2	/* wait for the client's close after ours */
 #define SSE_PEEK_TICKS		4	/* look for closed SSE clients every 4 ticks */
@@ -135,6 +148,8 @@ struct RtsubSession
 								 * written */
 	bool		end_when_drained;	/* SSE: end the stream once the queue
 									 * is written (its subscription ended) */
+	SendItem   *partial;		/* a message partly written, in fragments */
+	size_t		partial_off;	/* how much of it */
 	bool		frames_raw;		/* WebSocket without extensions: queued
 								 * messages are framed here and written
 								 * several per send (see drain_frames) */
@@ -149,6 +164,7 @@ struct RtsubSession
 
 	int64		auth_deadline_ms;	/* unauthenticated: when to give up */
 	int64		last_sent_ms;	/* when a message was last queued */
+	int64		last_written_ms;	/* when the socket last took bytes */
 
 	/* the message being received (malloc'd) */
 	bool		in_message;
@@ -664,6 +680,10 @@ drop_queue(RtsubSession *s)
 			dlist_delete(&item->node);
 			free(item);
 		}
+	if (s->partial)
+		free(s->partial);
+	s->partial = NULL;
+	s->partial_off = 0;
 	s->queued_bytes = 0;
 	s->queued_messages = 0;
 }
@@ -712,7 +732,10 @@ enqueue(RtsubSession *s, const char *data, size_t len, int priority)
 	 * an epoll_ctl
 	 */
 	if (s->queued_messages++ == 0)
+	{
+		s->last_written_ms = s->last_sent_ms;	/* the stall clock starts */
 		lws_callback_on_writable(s->wsi);
+	}
 	return true;
 }
 
@@ -899,6 +922,27 @@ rtsub_session_queued(RtsubSession *s)
 	return s->queued_bytes;
 }
 
+/*
+ * see session.h: a subscription of the session waits for its queue to
+ * drain; a client whose socket took nothing for SLOW_CONSUMER_MS while
+ * messages waited is closed as a slow consumer (4009).  True if closed.
+ */
+bool
+rtsub_session_check_stalled(RtsubSession *s)
+{
+	int64		now = now_unix_ms();
+
+	if (s->closing || s->queued_messages == 0 ||
+		now - s->last_written_ms < SLOW_CONSUMER_MS)
+		return false;
+	count(&rtsub_shared->ws_slow_consumers, 1);
+	audit("slow consumer closed: %s (role %s%s): nothing read for %d ms with %zu bytes queued",
+		  s->remote, s->role ? s->role : "-",
+		  s->kind == SESSION_SSE ? ", SSE" : "", SLOW_CONSUMER_MS, s->queued_bytes);
+	start_close(s, CLOSE_SLOW, "slow_consumer");
+	return true;
+}
+
 /* queue a built message */
 static void
 send_buf(RtsubSession *s, StringInfo buf)
@@ -965,30 +1009,60 @@ start_close(RtsubSession *s, int code, const char *reason)
 static int
 drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int n)
 {
+	/*
+	 * WebSocket messages through an extension go in fragments (see
+	 * WS_FRAGMENT); without one, and SSE text, whole
+	 */
+	bool		fragment = !s->frames_raw &&
+		(kind == LWS_WRITE_TEXT || kind == LWS_WRITE_BINARY);
+
 	while (s->queued_messages > 0 && n < MAX_WRITES_PER_CALLBACK)
 	{
-		SendItem   *item = next_item(s);
+		SendItem   *item = s->partial ? s->partial : next_item(s);
+		size_t		off = s->partial ? s->partial_off : 0;
+		size_t		piece = item->len - off;
+		int			wp = kind;
 		int			written;
 
-		s->queued_bytes -= item->len;
-		s->queued_messages--;
-		written = lws_write(wsi, item->buf + LWS_PRE, item->len, kind);
-		if (written < (int) item->len)
+		if (fragment && piece > WS_FRAGMENT)
+			piece = WS_FRAGMENT;
+		if (fragment)
+			wp = (off == 0 ? kind : LWS_WRITE_CONTINUATION) |
+				(off + piece < item->len ? LWS_WRITE_NO_FIN : 0);
+		written = lws_write(wsi, item->buf + LWS_PRE + off, piece,
+							(enum lws_write_protocol) wp);
+		if (written < (int) piece)
 		{
-			free(item);
+			if (s->partial == NULL)
+				free(item);		/* else drop_queue frees it */
 			return -1;			/* the connection failed */
 		}
-		if (rtsub_shared)
-		{
-			pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
-			pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
-		}
-		s->messages_sent++;
-		s->bytes_sent += item->len;
-		if (item->commit_time != 0)
-			rtsub_observe_latency(item->commit_time, GetCurrentTimestamp());
-		free(item);
 		n++;
+		s->last_written_ms = now_unix_ms();
+		if (off + piece < item->len)
+		{
+			/* more fragments of this message first, whatever comes */
+			s->partial = item;
+			s->partial_off = off + piece;
+		}
+		else
+		{
+			s->partial = NULL;
+			s->partial_off = 0;
+			s->queued_bytes -= item->len;
+			s->queued_messages--;
+			if (rtsub_shared)
+			{
+				pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
+				pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
+			}
+			s->messages_sent++;
+			s->bytes_sent += item->len;
+			if (item->commit_time != 0)
+				rtsub_observe_latency(item->commit_time, GetCurrentTimestamp());
+			free(item);
+		}
+
 		/*
 		 * lws buffers what the socket did not take (and must not be given
 		 * more then); checking that costs no syscall, unlike
@@ -1075,6 +1149,7 @@ drain_frames(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind)
 			break;
 		if (lws_write(wsi, buf + LWS_PRE, len, LWS_WRITE_RAW) < (int) len)
 			return -1;			/* the connection failed */
+		s->last_written_ms = now_unix_ms();
 		if (ncommits > 0)
 		{
 			TimestampTz now = GetCurrentTimestamp();
@@ -1647,8 +1722,6 @@ on_established(struct lws *wsi, RtsubSession *s)
 	{
 		(void) lws_set_extension_option(wsi, "permessage-deflate", "server_max_window_bits", "10");
 		(void) lws_set_extension_option(wsi, "permessage-deflate", "mem_level", "2");
-		(void) lws_set_extension_option(wsi, "permessage-deflate", "tx_buf_size", "10");
-		(void) lws_set_extension_option(wsi, "permessage-deflate", "rx_buf_size", "10");
 	}
 	dlist_push_tail(&sessions, &s->node);
 	nsessions++;

@@ -55,6 +55,10 @@ extern RtsubFormat rtsub_session_format(RtsubSession *session);
 /* bytes queued for the client and not yet written */
 extern size_t rtsub_session_queued(RtsubSession *session);
 
+/* a subscription waits for the session's queue to drain: close the session
+ * (4009) if its client has read nothing for a while; true if closed */
+extern bool rtsub_session_check_stalled(RtsubSession *session);
+
 /* the engine ended one of the session's subscriptions (after a `reset`):
  * the session forgets it and closes it with rtsub_subscription_close() */
 extern void rtsub_session_subscription_ended(RtsubSession *session,

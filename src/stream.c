@@ -27,6 +27,7 @@
  */
 #include "postgres.h"
 
+#include "access/heaptoast.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xlogutils.h"
@@ -97,6 +98,19 @@ batch_desc(Oid relid, uint64 version, TupleDesc desc)
 	return dc->desc;
 }
 
+/*
+ * Copy a decoded tuple with its TOASTed values inline: the reorder buffer
+ * hands large values over as indirect pointers into its own memory, valid
+ * only during the change callback, and the copy outlives it (the window).
+ */
+static HeapTuple
+copy_flat(HeapTuple tup, TupleDesc desc)
+{
+	if (desc != NULL && HeapTupleHasExternal(tup))
+		return toast_flatten_tuple(tup, desc);
+	return heap_copytuple(tup);
+}
+
 /* the plugin's sink: copy a change into the batch */
 static void
 stream_sink(void *arg, const RtsubSinkChange *c)
@@ -117,9 +131,9 @@ stream_sink(void *arg, const RtsubSinkChange *c)
 		rc->desc = batch_desc(c->relid, c->desc_version, c->desc);
 	}
 	if (c->newtup)
-		rc->newtup = heap_copytuple(c->newtup);
+		rc->newtup = copy_flat(c->newtup, c->desc);
 	if (c->oldtup)
-		rc->oldtup = heap_copytuple(c->oldtup);
+		rc->oldtup = copy_flat(c->oldtup, c->desc);
 	rc->old_is_full = c->old_is_full;
 	rc->truncate_cascade = c->truncate_cascade;
 	rc->truncate_restart = c->truncate_restart;
