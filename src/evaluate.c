@@ -1688,8 +1688,10 @@ send_live(RtsubSubscription *sub)
 {
 	StringInfoData buf;
 	char		at[RTSUB_POS_TEXT_LEN];
+	RtsubPos	head = rtsub_window_head();
 
-	rtsub_pos_format(rtsub_window_head(), at);
+	/* a client resuming after events not yet decoded again (after a restart) has them */
+	rtsub_pos_format(rtsub_pos_cmp(sub->cursor, head) > 0 ? sub->cursor : head, at);
 	initStringInfo(&buf);
 	rtsub_msg_live(&buf, sub->format, sub->client_id, at, rtsub_window_epoch());
 	sub_send(sub, &buf);

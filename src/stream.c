@@ -298,8 +298,14 @@ rtsub_stream_read_upto(void)
 void
 rtsub_stream_confirm(XLogRecPtr lsn)
 {
+	/*
+	 * Also when lsn does not move: decoding may have found a restart point
+	 * the slot could already take (PostgreSQL applies it only here), and
+	 * without that the slot's restart_lsn, and the WAL kept, would not
+	 * follow the window.
+	 */
 	if (stream_ctx == NULL || lsn == InvalidXLogRecPtr ||
-		lsn <= MyReplicationSlot->data.confirmed_flush)
+		lsn < MyReplicationSlot->data.confirmed_flush)
 		return;
 	LogicalConfirmReceivedLocation(lsn);
 	ReplicationSlotMarkDirty();
