@@ -379,3 +379,151 @@ export function assertIncreasing(evs, what) {
       `${what}: event ids strictly increase (${evs[i - 1].event} then ${evs[i].event} at ${i})`);
   }
 }
+
+// ------------------------------------------------------------------ resuming
+/*
+ * A subscriber that outlives its connections: open() connects a client of
+ * `kind` ('ws-json', 'ws-msgpack' or 'sse-raw') and subscribes — the first
+ * time as asked (optionally with a snapshot), afterwards resuming after
+ * the newest event id it received (a change's event, or live.at).
+ * Everything is recorded across connections:
+ *   rows      snapshot rows;  events  change bodies;  resets  reset messages
+ *   sessions  [{ client, subscribed, resumeFrom }]
+ * Checks made as messages arrive (failures collected in `problems`):
+ * SSE ids are `<event id>@<epoch>`, the epoch never changes, a resumed
+ * subscribed has resumed: true and at = the id resumed from.
+ */
+export class Resumer {
+  constructor({ kind, port, base, tok, subscription, params, id = 'r', snapshot = false, chunkRows }) {
+    Object.assign(this, { kind, port, base, tok, subscription, params, snapshot, chunkRows });
+    this.id = kind.startsWith('sse') ? 'sse' : id;
+    this.rows = [];
+    this.events = [];
+    this.resets = [];
+    this.sessions = [];
+    this.problems = [];
+    this.last = null;
+    this.epoch = null;
+    this.client = null;
+  }
+
+  problem(s) { this.problems.push(`${this.kind}: ${s}`); }
+
+  // connect and subscribe (or resume); resolves once subscribed or reset
+  // arrived (returns that message); throws when the connection fails
+  async open({ timeoutMs = 15000 } = {}) {
+    const resumeFrom = this.last;
+    const session = { resumeFrom, subscribed: null, live: null, reset: null };
+    let client;
+    if (this.kind === 'sse-raw') {
+      const extra = {};
+      if (this.snapshot) extra.snapshot = 'true';
+      if (this.chunkRows) extra.chunkRows = this.chunkRows;
+      const headers = resumeFrom ? { 'Last-Event-ID': `${resumeFrom}@${this.epoch}` } : {};
+      client = await sseRaw(sseUrl(this.base, { subscription: this.subscription, params: this.params, tok: this.tok, extra }),
+        headers);
+      if (client.status !== 200) throw new Error(`SSE refused: ${client.status} ${client.text}`);
+    } else {
+      client = await wsClient({ port: this.port, tok: this.tok, format: this.kind === 'ws-msgpack' ? 'msgpack' : 'json' });
+    }
+    session.client = client;
+    this.client = client;
+    this.sessions.push(session);
+    const onMessage = (m) => this.#take(session, m);
+    // route every recorded message through #take, in order
+    const origPush = client.push.bind(client);
+    for (const m of client.log) onMessage(m);
+    client.push = (m) => { origPush(m); onMessage(m); };
+    if (!this.kind.startsWith('sse')) {
+      const msg = { type: 'subscribe', id: this.id, subscription: this.subscription, params: this.params };
+      if (this.snapshot) msg.snapshot = true;
+      if (this.chunkRows) msg.chunkRows = this.chunkRows;
+      if (resumeFrom) msg.resume = { epoch: this.epoch, after: resumeFrom };
+      client.send(msg);
+    }
+    return client.wait((m) => (m.type === 'subscribed' || m.type === 'reset' || m.type === 'error') &&
+      (m.id === this.id || m.ref === this.id), timeoutMs, `${this.kind}: subscribed`);
+  }
+
+  #take(session, m) {
+    if (m.type === 'welcome') {
+      if (this.epoch === null) this.epoch = m.epoch;
+      else if (m.epoch !== this.epoch) this.problem(`the epoch changed: ${this.epoch} -> ${m.epoch}`);
+      return;
+    }
+    if (m.id !== this.id && m.ref !== this.id) return;
+    switch (m.type) {
+      case 'subscribed':
+        session.subscribed = m;
+        if (session.resumeFrom && !session.reset) {
+          if (m.resumed !== true) this.problem(`subscribed after resuming from ${session.resumeFrom}: resumed is ${m.resumed}`);
+          if (m.at !== session.resumeFrom) this.problem(`resumed subscribed.at ${m.at} != ${session.resumeFrom}`);
+        }
+        if (m.epoch !== undefined && m.epoch !== this.epoch) this.problem(`subscribed.epoch ${m.epoch} != ${this.epoch}`);
+        if (!this.snapshot && !session.resumeFrom && this.last === null) this.last = m.at;
+        break;
+      case 'snapshot':
+        for (const row of m.rows) this.rows.push(row);
+        break;
+      case 'live':
+        session.live = m;
+        if (m.epoch !== this.epoch) this.problem(`live.epoch ${m.epoch} != ${this.epoch}`);
+        if (m.sseId !== undefined && m.sseId !== `${m.at}@${this.epoch}`) this.problem(`SSE id of live: ${m.sseId}`);
+        if (this.last === null || eid(m.at) >= eid(this.last)) this.last = m.at;
+        else this.problem(`live.at ${m.at} before the last event ${this.last}`);
+        break;
+      case 'change':
+      case 'changes':
+        for (const e of changesOf([m], this.id)) {
+          this.events.push(e);
+          this.last = e.event;
+        }
+        if (m.sseId !== undefined) {
+          const last = m.type === 'change' ? m.event : m.events[m.events.length - 1].event;
+          if (m.sseId !== `${last}@${this.epoch}`) this.problem(`SSE id ${m.sseId} of event ${last}`);
+        }
+        break;
+      case 'reset':
+        session.reset = m;
+        this.resets.push(m);
+        break;
+      case 'error':
+        this.problem(`error ${short(m)}`);
+        break;
+      default:
+        break;
+    }
+  }
+
+  drop() { if (this.client) this.client.terminate(); }
+
+  // the union's keys (snapshot rows and change rows), and duplicates
+  keys(key = (row) => row.seq) {
+    const seen = new Set();
+    const dups = [];
+    for (const row of [...this.rows, ...this.events.map((e) => e.row ?? e.old)]) {
+      const k = key(row);
+      if (seen.has(k)) dups.push(k);
+      seen.add(k);
+    }
+    return { seen, dups };
+  }
+}
+
+/*
+ * Compares a Resumer's snapshot rows ∪ change rows with the keys expected
+ * (insert-only tables): no duplicate, none missing, none extra; event ids
+ * strictly increase over all connections; no problems recorded.
+ */
+export function assertExact(r, expected, what) {
+  assert.deepEqual(r.problems, [], `${what}: ${r.problems.slice(0, 5).join('; ')}`);
+  for (const e of r.events) assert.equal(e.op, 'insert', `${what}: only inserts`);
+  assertIncreasing(r.events, what);
+  const { seen, dups } = r.keys();
+  const want = new Set(expected);
+  const missing = [...want].filter((k) => !seen.has(k));
+  const extra = [...seen].filter((k) => !want.has(k));
+  assert.deepEqual({ duplicates: dups.slice(0, 20), missing: missing.slice(0, 20), extra: extra.slice(0, 20) },
+    { duplicates: [], missing: [], extra: [] },
+    `${what}: ${dups.length} duplicates, ${missing.length} missing, ${extra.length} extra of ${want.size}`);
+}
