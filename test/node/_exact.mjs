@@ -60,7 +60,7 @@ export async function until(fn, what, timeoutMs = 10000, everyMs = 50) {
   for (;;) {
     const v = await fn();
     if (v) return v;
-    if (Date.now() > end) assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (Date.now() > end) assert.fail(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'function' ? what() : what}`);
     await sleep(everyMs);
   }
 }
