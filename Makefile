@@ -11,6 +11,9 @@ OBJS = \
 	src/catalog.o \
 	src/decoder.o \
 	src/stream.o \
+	src/window.o \
+	src/snapshot.o \
+	src/monitor.o \
 	src/evaluate.o \
 	src/encode_json.o \
 	src/encode_msgpack.o \

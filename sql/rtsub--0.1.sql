@@ -867,6 +867,58 @@ LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION rtsub.wait_until_running(pg_catalog.int4) IS
 	'wait until the rtsub server listens; false after timeout_ms, or at once when the server is disabled';
 
+CREATE FUNCTION rtsub._server_sessions()
+RETURNS pg_catalog.jsonb
+AS 'MODULE_PATHNAME', 'rtsub_server_sessions'
+LANGUAGE C STRICT VOLATILE;
+
+COMMENT ON FUNCTION rtsub._server_sessions() IS
+	'internal: the rtsub server''s sessions and their subscriptions as jsonb, described by the server worker on request (behind rtsub.connections and rtsub.active_subscriptions)';
+
+CREATE VIEW rtsub.connections AS
+SELECT c.id, c.transport, c.format, c.remote_addr, c."user", c.role,
+	c.connected_at, pg_catalog.to_timestamp(c.token_expires_at) AS token_expires_at,
+	c.state, c.subscriptions, c.messages_sent, c.bytes_sent,
+	c.queue_bytes, c.queue_messages
+FROM pg_catalog.jsonb_to_recordset(rtsub._server_sessions()) AS c(
+	id pg_catalog.int8, transport pg_catalog.text, format pg_catalog.text,
+	remote_addr pg_catalog.text, "user" pg_catalog.text, role pg_catalog.text,
+	connected_at pg_catalog.timestamptz, token_expires_at pg_catalog.float8,
+	state pg_catalog.text, subscriptions pg_catalog.int4,
+	messages_sent pg_catalog.int8, bytes_sent pg_catalog.int8,
+	queue_bytes pg_catalog.int8, queue_messages pg_catalog.int4);
+
+COMMENT ON VIEW rtsub.connections IS
+	'clients of the rtsub server right now: transport (websocket or sse), format, address, the token''s user (sub) and role, subscriptions, messages and bytes sent, send queue';
+
+CREATE VIEW rtsub.active_subscriptions AS
+SELECT (c ->> 'id')::pg_catalog.int8 AS connection_id,
+	s.id, s.subscription, s.table_oid::pg_catalog.regclass AS "table",
+	c ->> 'role' AS role, c ->> 'user' AS "user",
+	s.state, s.position::pg_catalog.text AS position, s.messages_sent
+FROM pg_catalog.jsonb_array_elements(rtsub._server_sessions()) AS c,
+	pg_catalog.jsonb_to_recordset(c -> 'subs') AS s(
+		id pg_catalog.text, subscription pg_catalog.text,
+		table_oid pg_catalog.oid, state pg_catalog.text,
+		position pg_catalog.text, messages_sent pg_catalog.int8);
+
+COMMENT ON VIEW rtsub.active_subscriptions IS
+	'subscriptions clients of the rtsub server have open: connection, client id, definition, table, state (snapshot, catching_up, live, failed, ended), position in the stream, change messages sent';
+
+CREATE FUNCTION rtsub.stats(
+	OUT changes_decoded pg_catalog.int8, OUT changes_evaluated pg_catalog.int8,
+	OUT changes_delivered pg_catalog.int8, OUT messages_sent pg_catalog.int8,
+	OUT bytes_sent pg_catalog.int8, OUT lag_bytes pg_catalog.int8,
+	OUT decoded_upto pg_catalog.pg_lsn, OUT window_start pg_catalog.pg_lsn,
+	OUT slot_confirmed pg_catalog.pg_lsn, OUT window_bytes pg_catalog.int8,
+	OUT snapshots_started pg_catalog.int8, OUT resets_sent pg_catalog.int8)
+RETURNS record
+AS 'MODULE_PATHNAME', 'rtsub_stats'
+LANGUAGE C STRICT VOLATILE;
+
+COMMENT ON FUNCTION rtsub.stats() IS
+	'rtsub server counters since the postmaster started: changes decoded, evaluated (change x subscription) and delivered, messages and bytes sent, lag of decoding behind flushed WAL in bytes, the resume window (start, confirmed slot position, memory), snapshots started and resets sent';
+
 CREATE FUNCTION rtsub.parse_client_message(message pg_catalog.bytea, format pg_catalog.text DEFAULT 'json')
 RETURNS pg_catalog.jsonb
 AS 'MODULE_PATHNAME', 'rtsub_parse_client_message_sql'
@@ -895,7 +947,8 @@ GRANT USAGE ON SCHEMA rtsub TO PUBLIC;
 GRANT EXECUTE ON FUNCTION rtsub.claims(), rtsub.claim(pg_catalog.text) TO PUBLIC;
 
 GRANT SELECT ON rtsub.publication, rtsub.subscription, rtsub.policy,
-	rtsub.published_tables, rtsub.subscriptions, rtsub.policies TO rtsub_admin;
+	rtsub.published_tables, rtsub.subscriptions, rtsub.policies,
+	rtsub.connections, rtsub.active_subscriptions TO rtsub_admin;
 GRANT EXECUTE ON FUNCTION
 	rtsub.publish(pg_catalog.regclass, pg_catalog.bool, pg_catalog.bool, pg_catalog.bool),
 	rtsub.unpublish(pg_catalog.regclass, pg_catalog.bool),
@@ -909,5 +962,7 @@ GRANT EXECUTE ON FUNCTION
 	rtsub.verify_token(pg_catalog.text),
 	rtsub.server_status(),
 	rtsub.wait_until_running(pg_catalog.int4),
+	rtsub._server_sessions(),
+	rtsub.stats(),
 	rtsub.parse_client_message(pg_catalog.bytea, pg_catalog.text)
 TO rtsub_admin;

@@ -43,6 +43,10 @@ int			rtsub_max_connections = 10000;
 int			rtsub_max_subscriptions_per_connection = 100;
 int			rtsub_max_message_size = 1024 * 1024;
 int			rtsub_max_send_buffer = 16 * 1024 * 1024;
+int			rtsub_resume_window = 600;
+int			rtsub_resume_window_size = 64 * 1024;
+int			rtsub_max_snapshot_workers = 2;
+int			rtsub_max_change_size = 64 * 1024 * 1024;
 int			rtsub_max_messages_per_second = 100;
 int			rtsub_heartbeat_interval = 25000;
 char	   *rtsub_allowed_origins = NULL;
@@ -262,6 +266,13 @@ rtsub_define_settings(void)
 								   "rtsub",
 								   PGC_POSTMASTER, 0,
 								   check_slot_name, NULL, NULL);
+		DefineCustomIntVariable("rtsub.max_snapshot_workers",
+								"Maximum number of processes reading initial snapshots for the rtsub server at once.",
+								"Further snapshot requests wait for one of them; each counts against max_worker_processes.",
+								&rtsub_max_snapshot_workers,
+								2, 1, 64,
+								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
 	}
 
 	/* JWT verification */
@@ -372,6 +383,27 @@ rtsub_define_settings(void)
 							   "",
 							   PGC_SIGHUP, GUC_LIST_INPUT,
 							   check_allowed_origins, NULL, NULL);
+	DefineCustomIntVariable("rtsub.resume_window",
+							"How long the rtsub server keeps changes for clients that resume.",
+							"A client that resumes after an older event gets a reset.  The server's slot keeps the WAL of this window.",
+							&rtsub_resume_window,
+							600, 0, 7 * 24 * 3600,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("rtsub.resume_window_size",
+							"How much decoded change data the rtsub server keeps for clients that resume.",
+							"The window ends at whichever of rtsub.resume_window and this limit comes first; it is held in the server's memory.",
+							&rtsub_resume_window_size,
+							64 * 1024, 0, INT_MAX / 2,
+							PGC_SIGHUP, GUC_UNIT_KB,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("rtsub.max_change_size",
+							"Largest change message the rtsub server sends to a client.",
+							"A larger change is reported to the subscriber as error change_too_large, followed by a reset.",
+							&rtsub_max_change_size,
+							64 * 1024 * 1024, 1024, 1024 * 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
 	DefineCustomBoolVariable("rtsub.audit_log",
 							 "Logs every connection, authentication failure and subscription of the rtsub server.",
 							 NULL,

@@ -45,6 +45,12 @@ extern int	rtsub_heartbeat_interval;	/* milliseconds; 0 = none */
 extern char *rtsub_allowed_origins;
 extern bool rtsub_audit_log;
 
+/* exactness: resume window, snapshots, large changes */
+extern int	rtsub_resume_window;	/* seconds */
+extern int	rtsub_resume_window_size;	/* kB */
+extern int	rtsub_max_snapshot_workers; /* PGC_POSTMASTER */
+extern int	rtsub_max_change_size;	/* bytes */
+
 extern void rtsub_define_settings(void);
 
 #endif							/* RTSUB_CONFIG_H */

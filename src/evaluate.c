@@ -58,6 +58,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -66,11 +67,33 @@
 #include "rewrite/rowsecurity.h"
 #include "utils/snapmgr.h"
 
+#include "access/tableam.h"
+#include "access/tupconvert.h"
+#include "catalog/pg_inherits.h"
+
+#include "config.h"
 #include "encode.h"
 #include "evaluate.h"
+#include "snapshot.h"
+#include "window.h"
+#include "worker.h"
+#include "protocol.h"
 #include "rtsub.h"
 #include "session.h"
+#include "shmem.h"
 #include "stream.h"
+
+/*
+ * Where a subscription is: reading its snapshot (changes wait in the
+ * window), catching up from the window (after a snapshot or a resume), or
+ * live (evaluated as changes are decoded).
+ */
+typedef enum SubState
+{
+	SUB_SNAPSHOT,
+	SUB_CATCHUP,
+	SUB_LIVE
+} SubState;
 
 struct RtsubSubscription
 {
@@ -80,8 +103,27 @@ struct RtsubSubscription
 	char	   *name;			/* subscription name */
 	Oid			relid;
 	Oid			roleid;
-	XLogRecPtr	live_from;		/* changes committed from here on */
+	RtsubFormat format;
 	bool		include_metadata;
+	SubState	state;
+	RtsubPos	cursor;			/* events up to here are done with */
+	RtsubSnapshotHorizon *horizon;	/* the snapshot's, while its changes
+									 * may still come; NULL: none */
+	bool		awaiting_horizon;	/* snapshot started, horizon not known */
+	bool		live_pending;	/* send `live` once the horizon is passed */
+	RtsubSnapshotReader *reader;	/* while SUB_SNAPSHOT */
+	bool		ended;			/* reset or stopped: the session forgets it */
+	int			natts;			/* the table's columns when opened */
+	Oid		   *atttypes;		/* and their types (InvalidOid: dropped) */
+	TupleDesc	checked_desc;	/* last change descriptor found compatible */
+	uint64		messages_sent;	/* change messages queued for the client */
+	char	   *relname;		/* the table's name when opened */
+	int			priority;		/* of its messages at the session (0-9) */
+	int			batch_size;		/* events per `changes` message; 1: `change` */
+	int			throttle_ms;	/* how long a batch may wait */
+	StringInfoData batch;		/* encoded change bodies waiting */
+	int			nbatch;
+	TimestampTz batch_deadline;	/* when the waiting batch goes out */
 	ExprState  *filter;			/* NULL: every row */
 	List	   *permissive;		/* ExprState *, policies for the role */
 	List	   *restrictive;
@@ -104,6 +146,21 @@ typedef struct RelSubs
 static HTAB *subs_by_rel = NULL;
 static MemoryContext engine_cxt = NULL;
 static int	nsubs = 0;
+static List *pending = NIL;		/* subscriptions not live, or live_pending */
+static List *ended = NIL;		/* subscriptions to hand back to sessions */
+static uint64 nevaluated = 0;	/* evaluations not yet counted in shmem */
+static List *batching = NIL;	/* subscriptions with a batch waiting */
+
+static long flush_due_batches(TimestampTz now);
+
+/* add the evaluations done to the shared counter */
+static void
+flush_counts(void)
+{
+	if (rtsub_shared && nevaluated > 0)
+		pg_atomic_fetch_add_u64(&rtsub_shared->changes_evaluated, nevaluated);
+	nevaluated = 0;
+}
 
 /* set up the registry on first use */
 static void
@@ -408,7 +465,7 @@ compile_native_rls(RtsubSubscription *sub, Relation rel, ClaimsContext *cc,
 
 /* open a subscription inside the current transaction; see session.h */
 static const char *
-open_in_transaction(RtsubSession *session, const RtsubClientIdentity *who,
+open_in_transaction(const RtsubClientIdentity *who,
 					const RtsubClientMsg *msg, RtsubSubscription *sub,
 					char **detail)
 {
@@ -600,7 +657,17 @@ open_in_transaction(RtsubSession *session, const RtsubClientIdentity *who,
 			goto fail;
 	}
 
-	build_columns(sub, rel, sent, rtsub_session_format(session));
+	build_columns(sub, rel, sent, sub->format);
+	sub->relname = MemoryContextStrdup(sub->cxt, RelationGetRelationName(rel));
+	{
+		TupleDesc	desc = RelationGetDescr(rel);
+
+		sub->natts = desc->natts;
+		sub->atttypes = palloc(sizeof(Oid) * Max(desc->natts, 1));
+		for (i = 0; i < desc->natts; i++)
+			sub->atttypes[i] = TupleDescAttr(desc, i)->attisdropped ? InvalidOid :
+				TupleDescAttr(desc, i)->atttypid;
+	}
 	table_close(rel, AccessShareLock);
 	return NULL;
 
@@ -610,16 +677,134 @@ fail:
 	return code;
 }
 
+/* add a subscription to the registry of its table */
+static void
+register_sub(RtsubSubscription *sub)
+{
+	bool		found;
+	RelSubs    *rs = hash_search(subs_by_rel, &sub->relid, HASH_ENTER, &found);
+	MemoryContext old = MemoryContextSwitchTo(engine_cxt);
+
+	if (!found)
+		rs->subs = NIL;
+	rs->subs = lappend(rs->subs, sub);
+	if (sub->state != SUB_LIVE)
+		pending = lappend(pending, sub);
+	MemoryContextSwitchTo(old);
+	nsubs++;
+}
+
+/* send the subscription's waiting batch as one `changes` message */
+static void
+flush_batch(RtsubSubscription *sub)
+{
+	StringInfoData msg;
+	RtsubWriter w;
+
+	if (sub->nbatch == 0)
+		return;
+	initStringInfo(&msg);
+	rtsub_writer_init(&w, &msg, sub->format);
+	w.enc->map_begin(&w, 3);
+	rtsub_put_kv_str(&w, "type", "changes");
+	rtsub_put_kv_str(&w, "id", sub->client_id);
+	w.enc->key(&w, "events", 6);
+	w.enc->array_begin(&w, sub->nbatch);
+	appendBinaryStringInfo(&msg, sub->batch.data, sub->batch.len);
+	w.enc->array_end(&w);
+	w.enc->map_end(&w);
+	rtsub_session_send_priority(sub->session, msg.data, msg.len, sub->priority);
+	pfree(msg.data);
+	resetStringInfo(&sub->batch);
+	sub->nbatch = 0;
+	batching = list_delete_ptr(batching, sub);
+}
+
+/*
+ * queue a built message for the subscription's client (after its waiting
+ * batch, so that the client sees everything in order)
+ */
+static void
+sub_send(RtsubSubscription *sub, StringInfo buf)
+{
+	flush_batch(sub);
+	rtsub_session_send_priority(sub->session, buf->data, buf->len, sub->priority);
+	pfree(buf->data);
+}
+
+/* send `subscribed` */
+static void
+send_subscribed(RtsubSubscription *sub, RtsubPos at, bool snapshot, bool resumed)
+{
+	StringInfoData buf;
+	char		text[RTSUB_POS_TEXT_LEN];
+
+	rtsub_pos_format(at, text);
+	initStringInfo(&buf);
+	rtsub_msg_subscribed(&buf, sub->format, sub->client_id, text,
+						 rtsub_window_epoch(), snapshot, resumed);
+	sub_send(sub, &buf);
+}
+
+/* send `reset` for a client's subscription id */
+static void
+send_reset(RtsubSession *session, RtsubFormat format, const char *id,
+		   const char *reason)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	rtsub_msg_reset(&buf, format, id, reason);
+	rtsub_session_send(session, buf.data, buf.len);
+	pfree(buf.data);
+	if (rtsub_shared)
+		pg_atomic_fetch_add_u64(&rtsub_shared->resets_sent, 1);
+}
+
+/*
+ * End a subscription the server cannot keep exact: the client gets
+ * `reset` (with reason, if given); the session forgets it at the end of
+ * the engine's step (rtsub_engine_step).
+ */
+static void
+end_sub(RtsubSubscription *sub, const char *reason)
+{
+	MemoryContext old;
+
+	if (sub->ended)
+		return;
+	if (reason != NULL)
+	{
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		rtsub_msg_reset(&buf, sub->format, sub->client_id, reason);
+		sub_send(sub, &buf);
+		if (rtsub_shared)
+			pg_atomic_fetch_add_u64(&rtsub_shared->resets_sent, 1);
+	}
+	sub->ended = true;
+	if (sub->reader)
+	{
+		rtsub_snapshot_stop(sub->reader);
+		sub->reader = NULL;
+	}
+	old = MemoryContextSwitchTo(engine_cxt);
+	ended = lappend(ended, sub);
+	MemoryContextSwitchTo(old);
+}
+
 /* see session.h */
 const char *
 rtsub_subscription_open(RtsubSession *session, const RtsubClientIdentity *who,
 						const RtsubClientMsg *msg, RtsubSubscription **subp,
-						XLogRecPtr *live_from, char **detail)
+						char **detail)
 {
 	MemoryContext callercxt = CurrentMemoryContext;
 	MemoryContext cxt;
 	RtsubSubscription *volatile sub;
 	const char *volatile code = NULL;
+	RtsubFormat format = rtsub_session_format(session);
 
 	ensure_registry();
 	cxt = AllocSetContextCreate(engine_cxt, "rtsub subscription",
@@ -627,6 +812,42 @@ rtsub_subscription_open(RtsubSession *session, const RtsubClientIdentity *who,
 	sub = MemoryContextAllocZero(cxt, sizeof(RtsubSubscription));
 	sub->cxt = cxt;
 	sub->session = session;
+	sub->format = format;
+	if (!rtsub_window_is_open() && (msg->snapshot || msg->resume_after != NULL))
+		rtsub_worker_open_stream_now();
+
+	/* a resume that cannot be honoured needs no compiling */
+	if (msg->resume_after != NULL)
+	{
+		RtsubPos	after;
+		const char *reason = NULL;
+
+		if (!rtsub_pos_parse(msg->resume_after, &after))
+		{
+			MemoryContextDelete(cxt);
+			*detail = psprintf("resume.after \"%s\" is not an event id", msg->resume_after);
+			return RTSUB_ERR_BAD_FIELD;
+		}
+		if (!rtsub_window_is_open() || msg->resume_epoch == NULL ||
+			strcmp(msg->resume_epoch, rtsub_window_epoch()) != 0)
+			reason = "epoch_changed";
+		else if (rtsub_pos_cmp(after, rtsub_window_start()) < 0)
+			reason = "beyond_window";
+		if (reason == NULL)
+		{
+			sub->state = SUB_CATCHUP;
+			sub->cursor = after;
+		}
+		else
+		{
+			send_reset(session, format, msg->id, reason);
+			if (!msg->snapshot)
+			{
+				MemoryContextDelete(cxt);
+				return RTSUB_OPEN_RESET;
+			}
+		}
+	}
 
 	PG_TRY();
 	{
@@ -637,7 +858,11 @@ rtsub_subscription_open(RtsubSession *session, const RtsubClientIdentity *who,
 		sub->client_id = pstrdup(msg->id);
 		sub->name = pstrdup(msg->subscription);
 		sub->include_metadata = msg->include_metadata;
-		code = open_in_transaction(session, who, msg, sub, detail);
+		sub->priority = msg->priority;
+		sub->batch_size = msg->batch_size;
+		sub->throttle_ms = msg->throttle_ms;
+		initStringInfo(&sub->batch);
+		code = open_in_transaction(who, msg, sub, detail);
 		if (code != NULL)
 			*detail = MemoryContextStrdup(callercxt, *detail);
 		SPI_finish();
@@ -669,23 +894,46 @@ rtsub_subscription_open(RtsubSession *session, const RtsubClientIdentity *who,
 		return code;
 	}
 
-	/* live from what has not been decoded yet: nothing committed later is missed */
-	sub->live_from = rtsub_stream_read_upto();
-	if (sub->live_from == InvalidXLogRecPtr)
-		sub->live_from = GetFlushRecPtr(NULL);
+	if (sub->state == SUB_CATCHUP)
 	{
-		bool		found;
-		RelSubs    *rs = hash_search(subs_by_rel, &sub->relid, HASH_ENTER, &found);
-		MemoryContext old = MemoryContextSwitchTo(engine_cxt);
-
-		if (!found)
-			rs->subs = NIL;
-		rs->subs = lappend(rs->subs, sub);
-		MemoryContextSwitchTo(old);
+		/* resumed: the window has everything after the client's event */
+		register_sub(sub);
+		send_subscribed(sub, sub->cursor, false, true);
 	}
-	nsubs++;
+	else if (msg->snapshot)
+	{
+		RtsubSnapshotRequest req;
+
+		if (!rtsub_window_is_open())
+		{
+			MemoryContextDelete(cxt);
+			*detail = pstrdup("The server's change stream is not running (is the rtsub extension installed in rtsub.database?).");
+			return "internal";
+		}
+		req.format = format;
+		req.chunk_rows = msg->chunk_rows;
+		req.chunk_bytes = Min(msg->chunk_bytes, Max(rtsub_max_send_buffer / 4, 1024));
+		req.include_metadata = msg->include_metadata;
+		req.id = msg->id;
+		req.subscription = msg->subscription;
+		req.params_json = msg->params_json;
+		req.role = who->role;
+		req.claims_json = who->claims_json;
+		sub->state = SUB_SNAPSHOT;
+		sub->awaiting_horizon = true;
+		sub->cursor = rtsub_window_start();
+		sub->reader = rtsub_snapshot_request(sub, &req);
+		register_sub(sub);
+		send_subscribed(sub, rtsub_window_head(), true, false);
+	}
+	else
+	{
+		sub->state = SUB_LIVE;
+		sub->cursor = rtsub_window_head();
+		register_sub(sub);
+		send_subscribed(sub, sub->cursor, false, false);
+	}
 	*subp = sub;
-	*live_from = sub->live_from;
 	return NULL;
 }
 
@@ -704,6 +952,11 @@ rtsub_subscription_close(RtsubSubscription *sub)
 		if (rs->subs == NIL)
 			hash_search(subs_by_rel, &sub->relid, HASH_REMOVE, NULL);
 	}
+	pending = list_delete_ptr(pending, sub);
+	ended = list_delete_ptr(ended, sub);
+	batching = list_delete_ptr(batching, sub);
+	if (sub->reader)
+		rtsub_snapshot_stop(sub->reader);
 	nsubs--;
 	MemoryContextDelete(sub->cxt);
 }
@@ -793,26 +1046,35 @@ write_row(RtsubSubscription *sub, RtsubWriter *w, TupleTableSlot *slot)
 	w->enc->map_end(w);
 }
 
-/* send one change event to the subscription's client */
+
+/*
+ * send one change event to the subscription's client; one over
+ * rtsub.max_change_size is reported (change_too_large) and ends the
+ * subscription with a reset, never dropped silently
+ */
 static void
 send_change(RtsubSubscription *sub, const RtsubChange *c, const char *op,
 			TupleTableSlot *row, TupleTableSlot *old)
 {
 	StringInfoData buf;
 	RtsubWriter w;
-	char		event[64];
-	int			n = 6;
+	char		event[RTSUB_POS_TEXT_LEN];
+	bool		batched = sub->batch_size > 1;
+	int			n = batched ? 4 : 6;
 
 	initStringInfo(&buf);
-	rtsub_writer_init(&w, &buf, rtsub_session_format(sub->session));
-	snprintf(event, sizeof(event), "%X/%X:%u", LSN_FORMAT_ARGS(c->commit_lsn), c->pos);
+	rtsub_writer_init(&w, &buf, sub->format);
+	rtsub_pos_format(rtsub_change_pos(c), event);
 	if (old != NULL)
 		n++;
 	if (sub->include_metadata)
 		n += 2;
 	w.enc->map_begin(&w, n);
-	rtsub_put_kv_str(&w, "type", "change");
-	rtsub_put_kv_str(&w, "id", sub->client_id);
+	if (!batched)
+	{
+		rtsub_put_kv_str(&w, "type", "change");
+		rtsub_put_kv_str(&w, "id", sub->client_id);
+	}
 	rtsub_put_kv_str(&w, "event", event);
 	rtsub_put_kv_str(&w, "op", op);
 	w.enc->key(&w, "ts", 2);
@@ -833,8 +1095,48 @@ send_change(RtsubSubscription *sub, const RtsubChange *c, const char *op,
 		w.enc->int64(&w, c->xid);
 	}
 	w.enc->map_end(&w);
-	rtsub_session_send(sub->session, buf.data, buf.len);
+	if (buf.len > rtsub_max_change_size)
+	{
+		StringInfoData err;
+
+		initStringInfo(&err);
+		rtsub_msg_error(&err, sub->format, "change_too_large",
+						psprintf("change %s is %d bytes, over rtsub.max_change_size (%d bytes)",
+								 event, buf.len, rtsub_max_change_size),
+						sub->client_id);
+		sub_send(sub, &err);
+		pfree(buf.data);
+		ereport(LOG,
+				(errmsg("rtsub: change %s of subscription \"%s\" not sent: %d bytes, over rtsub.max_change_size",
+						event, sub->name, buf.len)));
+		end_sub(sub, "change_too_large");
+		return;
+	}
+	sub->messages_sent++;
+	if (rtsub_shared)
+		pg_atomic_fetch_add_u64(&rtsub_shared->changes_delivered, 1);
+	if (!batched)
+	{
+		sub_send(sub, &buf);
+		return;
+	}
+
+	/* batching: the body waits for its companions (or its deadline) */
+	if (sub->nbatch > 0 && sub->format == RTSUB_FORMAT_JSON)
+		appendStringInfoChar(&sub->batch, ',');
+	appendBinaryStringInfo(&sub->batch, buf.data, buf.len);
 	pfree(buf.data);
+	if (sub->nbatch++ == 0)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(engine_cxt);
+
+		sub->batch_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														  sub->throttle_ms);
+		batching = lappend(batching, sub);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	if (sub->nbatch >= sub->batch_size)
+		flush_batch(sub);
 }
 
 /* evaluate one change for one subscription and send what it should see */
@@ -890,106 +1192,593 @@ evaluate_one(RtsubSubscription *sub, const RtsubChange *c,
 	}
 }
 
+
+/* did the snapshot with this horizon see (the commit of) xid? */
+static bool
+horizon_saw(const RtsubSnapshotHorizon *h, TransactionId xid)
+{
+	uint32		lo = 0;
+	uint32		hi = h->xcnt;
+
+	if (TransactionIdPrecedes(xid, h->xmin))
+		return true;
+	if (!TransactionIdPrecedes(xid, h->xmax))
+		return false;
+	while (lo < hi)
+	{
+		uint32		mid = (lo + hi) / 2;
+
+		if (h->xip[mid] == xid)
+			return false;		/* running when the snapshot was taken */
+		if (h->xip[mid] < xid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return true;
+}
+
 /*
- * evaluate one change for the subscriptions of its table; an ERROR stops
- * only the subscription it happened in, which is told so
+ * Can the subscription's compiled expressions read tuples of this
+ * descriptor?  Every column it knew must still have its type (a table
+ * whose columns changed since is reset).
+ */
+static bool
+desc_compatible(RtsubSubscription *sub, TupleDesc desc)
+{
+	int			i;
+
+	if (desc == sub->checked_desc)
+		return true;
+	if (desc->natts < sub->natts)
+		return false;
+	for (i = 0; i < sub->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (OidIsValid(sub->atttypes[i]) &&
+			(att->attisdropped || att->atttypid != sub->atttypes[i]))
+			return false;
+	}
+	sub->checked_desc = desc;
+	return true;
+}
+
+/*
+ * Evaluate one change for one subscription.  An ERROR stops only that
+ * subscription, whose client is told so; the transaction is started
+ * afresh (*econtextp replaced).
  */
 static void
-evaluate_subscriptions(List *subs, const RtsubChange *c,
-					   TupleTableSlot *newslot, TupleTableSlot *oldslot,
-					   ExprContext **econtextp, MemoryContext batchcxt)
+evaluate_guarded(RtsubSubscription *sub, const RtsubChange *c,
+				 TupleTableSlot *newslot, TupleTableSlot *oldslot,
+				 ExprContext **econtextp, MemoryContext cxt)
 {
-	ListCell   *sc;
-
-	foreach(sc, subs)
+	if (sub->horizon != NULL && horizon_saw(sub->horizon, c->xid))
+		return;					/* in the snapshot already */
+	if (!desc_compatible(sub, c->desc))
 	{
-		RtsubSubscription *sub = lfirst(sc);
+		end_sub(sub, "schema_changed");
+		return;
+	}
+	nevaluated++;
+	PG_TRY();
+	{
+		evaluate_one(sub, c, newslot, oldslot, *econtextp);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		StringInfoData buf;
 
-		if (sub->failed || c->commit_lsn < sub->live_from)
-			continue;
-		PG_TRY();
-		{
-			evaluate_one(sub, c, newslot, oldslot, *econtextp);
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-			StringInfoData buf;
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		sub->failed = true;
+		initStringInfo(&buf);
+		rtsub_msg_error(&buf, sub->format, "internal", edata->message, sub->client_id);
+		sub_send(sub, &buf);
+		ereport(LOG,
+				(errmsg("rtsub: subscription \"%s\" stopped: %s",
+						sub->name, edata->message)));
+		FreeErrorData(edata);
+		/* the transaction may be in any state: start afresh */
+		AbortCurrentTransaction();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		*econtextp = CreateStandaloneExprContext();
+		MemoryContextSwitchTo(cxt);
+	}
+	PG_END_TRY();
+}
 
-			MemoryContextSwitchTo(batchcxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			sub->failed = true;
-			initStringInfo(&buf);
-			rtsub_msg_error(&buf, rtsub_session_format(sub->session), "internal",
-							edata->message, sub->client_id);
-			rtsub_session_send(sub->session, buf.data, buf.len);
-			ereport(LOG,
-					(errmsg("rtsub: subscription \"%s\" stopped: %s",
-							sub->name, edata->message)));
-			FreeErrorData(edata);
-			/* the transaction may be in any state: start afresh */
-			AbortCurrentTransaction();
-			StartTransactionCommand();
-			PushActiveSnapshot(GetTransactionSnapshot());
-			*econtextp = CreateStandaloneExprContext();
-			MemoryContextSwitchTo(batchcxt);
-		}
-		PG_END_TRY();
+/* slots holding a change's rows (NULL where it has none) */
+static void
+change_slots(const RtsubChange *c, TupleTableSlot **newslot, TupleTableSlot **oldslot)
+{
+	*newslot = *oldslot = NULL;
+	if (c->newtup)
+	{
+		*newslot = MakeSingleTupleTableSlot(c->desc, &TTSOpsHeapTuple);
+		ExecStoreHeapTuple(c->newtup, *newslot, false);
+	}
+	if (c->oldtup)
+	{
+		*oldslot = MakeSingleTupleTableSlot(c->desc, &TTSOpsHeapTuple);
+		ExecStoreHeapTuple(c->oldtup, *oldslot, false);
 	}
 }
 
-/* evaluate a decoded batch for every open subscription of each change's table */
-void
-rtsub_evaluate_batch(List *changes)
+/* drop what change_slots made */
+static void
+drop_slots(TupleTableSlot *newslot, TupleTableSlot *oldslot)
 {
-	ListCell   *lc;
-	ExprContext *econtext;
-	MemoryContext batchcxt = CurrentMemoryContext;
+	if (newslot)
+		ExecDropSingleTupleTableSlot(newslot);
+	if (oldslot)
+		ExecDropSingleTupleTableSlot(oldslot);
+}
 
-	if (subs_by_rel == NULL || nsubs == 0 || changes == NIL)
+/* is this a change subscriptions evaluate (a row change)? */
+static inline bool
+is_row_change(const RtsubChange *c)
+{
+	return c->op == 'I' || c->op == 'U' || c->op == 'D';
+}
+
+/*
+ * Evaluate a segment just added to the window for the live subscriptions
+ * of each change's table.  Subscriptions that are not live catch up from
+ * the window instead (rtsub_engine_step).
+ */
+void
+rtsub_evaluate_segment(RtsubSegment *seg)
+{
+	ExprContext *econtext;
+	MemoryContext cxt = CurrentMemoryContext;
+	int			i;
+
+	if (seg == NULL || subs_by_rel == NULL || nsubs == 0)
 		return;
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	econtext = CreateStandaloneExprContext();
 
-	foreach(lc, changes)
+	for (i = 0; i < seg->nchanges; i++)
 	{
-		RtsubChange *c = lfirst(lc);
+		RtsubChange *c = seg->changes[i];
+		RtsubPos	pos = rtsub_change_pos(c);
 		RelSubs    *rs;
 		TupleTableSlot *newslot = NULL;
 		TupleTableSlot *oldslot = NULL;
+		ListCell   *sc;
 
-		if (c->op != 'I' && c->op != 'U' && c->op != 'D')
+		if (!is_row_change(c))
 			continue;
 		rs = hash_search(subs_by_rel, &c->relid, HASH_FIND, NULL);
 		if (rs == NULL)
 			continue;
 
-		MemoryContextSwitchTo(batchcxt);
-		if (c->newtup)
+		MemoryContextSwitchTo(cxt);
+		foreach(sc, rs->subs)
 		{
-			newslot = MakeSingleTupleTableSlot(c->desc, &TTSOpsHeapTuple);
-			ExecStoreHeapTuple(c->newtup, newslot, false);
-		}
-		if (c->oldtup)
-		{
-			oldslot = MakeSingleTupleTableSlot(c->desc, &TTSOpsHeapTuple);
-			ExecStoreHeapTuple(c->oldtup, oldslot, false);
-		}
+			RtsubSubscription *sub = lfirst(sc);
 
-		evaluate_subscriptions(rs->subs, c, newslot, oldslot, &econtext, batchcxt);
-		if (newslot)
-			ExecDropSingleTupleTableSlot(newslot);
-		if (oldslot)
-			ExecDropSingleTupleTableSlot(oldslot);
+			if (sub->state != SUB_LIVE || sub->failed || sub->ended ||
+				rtsub_pos_cmp(pos, sub->cursor) <= 0)
+				continue;
+			if (newslot == NULL && oldslot == NULL)
+				change_slots(c, &newslot, &oldslot);
+			evaluate_guarded(sub, c, newslot, oldslot, &econtext, cxt);
+		}
+		drop_slots(newslot, oldslot);
 	}
 
 	FreeExprContext(econtext, true);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-	MemoryContextSwitchTo(batchcxt);
+	MemoryContextSwitchTo(cxt);
+	(void) flush_due_batches(GetCurrentTimestamp());
+	flush_counts();
+}
+
+/*
+ * send the batches whose time has come (all with throttleMs 0: a batch
+ * never outlives the decoded batch it came from); returns the time until
+ * the next one is due, in ms (-1: none waits)
+ */
+static long
+flush_due_batches(TimestampTz now)
+{
+	ListCell   *lc;
+	long		next = -1;
+
+	foreach(lc, batching)
+	{
+		RtsubSubscription *sub = lfirst(lc);
+
+		if (sub->nbatch > 0 && now < sub->batch_deadline)
+		{
+			long		ms = TimestampDifferenceMilliseconds(now, sub->batch_deadline);
+
+			next = (next < 0) ? ms : Min(next, ms);
+		}
+	}
+	foreach(lc, batching)
+	{
+		RtsubSubscription *sub = lfirst(lc);
+
+		if (sub->nbatch > 0 && now >= sub->batch_deadline)
+		{
+			/* flush_batch deletes sub from batching: restart the scan */
+			flush_batch(sub);
+			return flush_due_batches(now);
+		}
+	}
+	return next;
+}
+
+/* the wait before the next batch is due, at most max_ms */
+long
+rtsub_engine_wait_ms(long max_ms)
+{
+	long		next = flush_due_batches(GetCurrentTimestamp());
+
+	return next < 0 ? max_ms : Min(next, max_ms);
+}
+
+/* send `live`: everything up to the window's head has been sent */
+static void
+send_live(RtsubSubscription *sub)
+{
+	StringInfoData buf;
+	char		at[RTSUB_POS_TEXT_LEN];
+
+	rtsub_pos_format(rtsub_window_head(), at);
+	initStringInfo(&buf);
+	rtsub_msg_live(&buf, sub->format, sub->client_id, at, rtsub_window_epoch());
+	sub_send(sub, &buf);
+}
+
+/* a subscription reached the window's head: it is live from now on */
+static void
+became_live(RtsubSubscription *sub, XLogRecPtr read_upto)
+{
+	RtsubPos	head = rtsub_window_head();
+
+	sub->state = SUB_LIVE;
+	if (rtsub_pos_cmp(head, sub->cursor) > 0)
+		sub->cursor = head;
+	if (sub->horizon != NULL && read_upto < sub->horizon->wal_insert)
+	{
+		sub->live_pending = true;	/* changes the snapshot saw may come */
+		return;
+	}
+	if (sub->horizon != NULL)
+	{
+		pfree(sub->horizon);
+		sub->horizon = NULL;
+	}
+	sub->live_pending = false;
+	send_live(sub);
+}
+
+/* the most a catching-up subscription may have queued at its client */
+static size_t
+catch_up_queue_limit(void)
+{
+	return Max(rtsub_max_send_buffer / 4, 64 * 1024);
+}
+
+/*
+ * Let one subscription catch up from the window, by at most *budget
+ * changes and as long as its client's queue is short.  True if it has more
+ * to do and could go on now.
+ */
+static bool
+catch_up_one(RtsubSubscription *sub, int *budget, XLogRecPtr read_upto,
+			 ExprContext **econtextp, MemoryContext cxt)
+{
+	int			nseg = rtsub_window_nsegments();
+	int			i;
+
+	for (i = rtsub_window_find(sub->cursor); i < nseg; i++)
+	{
+		RtsubSegment *seg = rtsub_window_segment(i);
+		int			j = 0;
+
+		if (rtsub_pos_cmp(seg->first, sub->cursor) <= 0)
+		{
+			int			lo = 0,
+						hi = seg->nchanges;
+
+			while (lo < hi)
+			{
+				int			mid = (lo + hi) / 2;
+
+				if (rtsub_pos_cmp(rtsub_change_pos(seg->changes[mid]), sub->cursor) > 0)
+					hi = mid;
+				else
+					lo = mid + 1;
+			}
+			j = lo;
+		}
+		for (; j < seg->nchanges; j++)
+		{
+			RtsubChange *c = seg->changes[j];
+
+			if (*budget <= 0)
+				return true;
+			if (rtsub_session_queued(sub->session) > catch_up_queue_limit())
+				return false;	/* its socket's writability wakes us */
+			(*budget)--;
+			sub->cursor = rtsub_change_pos(c);
+			if (c->relid != sub->relid || !is_row_change(c))
+				continue;
+			{
+				TupleTableSlot *newslot;
+				TupleTableSlot *oldslot;
+
+				MemoryContextSwitchTo(cxt);
+				change_slots(c, &newslot, &oldslot);
+				evaluate_guarded(sub, c, newslot, oldslot, econtextp, cxt);
+				drop_slots(newslot, oldslot);
+			}
+			if (sub->ended || sub->failed)
+				return false;
+		}
+	}
+	became_live(sub, read_upto);
+	return false;
+}
+
+/* ----------------------------------------------------------------
+ * Snapshots (the server worker's side; see snapshot.c)
+ * ----------------------------------------------------------------
+ */
+
+/* see snapshot.h: the snapshot's horizon is known */
+void
+rtsub_snapshot_on_horizon(RtsubSubscription *sub, const RtsubSnapshotHorizon *h,
+						  size_t len)
+{
+	int			nseg = rtsub_window_nsegments();
+	int			i;
+
+	if (sub->ended || len < offsetof(RtsubSnapshotHorizon, xip) ||
+		len != offsetof(RtsubSnapshotHorizon, xip) + sizeof(TransactionId) * h->xcnt)
+	{
+		end_sub(sub, "snapshot_failed");
+		return;
+	}
+	sub->horizon = MemoryContextAlloc(sub->cxt, len);
+	memcpy(sub->horizon, h, len);
+	sub->awaiting_horizon = false;
+
+	/*
+	 * Changes in the window the snapshot saw need no catching up: start
+	 * after the longest prefix of them (normally the whole window).
+	 */
+	for (i = rtsub_window_find(sub->cursor); i < nseg; i++)
+	{
+		RtsubSegment *seg = rtsub_window_segment(i);
+		int			j;
+
+		for (j = 0; j < seg->nchanges; j++)
+		{
+			RtsubChange *c = seg->changes[j];
+
+			if (rtsub_pos_cmp(rtsub_change_pos(c), sub->cursor) <= 0)
+				continue;
+			if (!horizon_saw(sub->horizon, c->xid))
+				return;
+			sub->cursor = rtsub_change_pos(c);
+		}
+	}
+}
+
+/* see snapshot.h: forward a chunk */
+void
+rtsub_snapshot_on_chunk(RtsubSubscription *sub, const char *data, size_t len)
+{
+	if (!sub->ended)
+		rtsub_session_send_priority(sub->session, data, len, sub->priority);
+}
+
+/* see snapshot.h: the snapshot is complete; catch up */
+void
+rtsub_snapshot_on_done(RtsubSubscription *sub)
+{
+	if (sub->reader)
+	{
+		rtsub_snapshot_stop(sub->reader);
+		sub->reader = NULL;
+	}
+	if (sub->ended)
+		return;
+	if (sub->awaiting_horizon)
+	{
+		end_sub(sub, "snapshot_failed");
+		return;
+	}
+	sub->state = SUB_CATCHUP;
+}
+
+/* see snapshot.h: the snapshot failed; the client is told and reset */
+void
+rtsub_snapshot_on_failed(RtsubSubscription *sub, const char *code,
+						 const char *message)
+{
+	StringInfoData buf;
+
+	if (sub->reader)
+	{
+		rtsub_snapshot_stop(sub->reader);
+		sub->reader = NULL;
+	}
+	if (sub->ended)
+		return;
+	ereport(LOG,
+			(errmsg("rtsub: snapshot of subscription \"%s\" failed: %s", sub->name, message)));
+	initStringInfo(&buf);
+	rtsub_msg_error(&buf, sub->format, code, message, sub->client_id);
+	sub_send(sub, &buf);
+	end_sub(sub, "snapshot_failed");
+}
+
+/* see snapshot.h: may a chunk be forwarded to the client now? */
+bool
+rtsub_snapshot_may_send(RtsubSubscription *sub)
+{
+	return !sub->ended &&
+		rtsub_session_queued(sub->session) < (size_t) Max(rtsub_max_send_buffer / 2, 64 * 1024);
+}
+
+/* ----------------------------------------------------------------
+ * The engine's step
+ * ----------------------------------------------------------------
+ */
+
+#define CATCH_UP_BUDGET 20000
+
+/*
+ * Everything but live evaluation, once per iteration of the server's loop:
+ * trim the window (resetting subscriptions it leaves behind), forward
+ * snapshot chunks, let subscriptions catch up, send `live` where due, and
+ * hand ended subscriptions back to their sessions.  True if there is more
+ * to do right away (the caller should not sleep).
+ */
+bool
+rtsub_engine_step(XLogRecPtr read_upto, TimestampTz now)
+{
+	bool		more = false;
+	bool		holding = false;
+	RtsubPos	hold = {0, 0};
+	RtsubPos	start;
+	ListCell   *lc;
+	List	   *catching = NIL;
+
+	ensure_registry();
+
+	/* the window, held for subscriptions whose snapshot horizon is unknown */
+	foreach(lc, pending)
+	{
+		RtsubSubscription *sub = lfirst(lc);
+
+		if (!sub->ended && sub->awaiting_horizon &&
+			(!holding || rtsub_pos_cmp(sub->cursor, hold) < 0))
+		{
+			hold = sub->cursor;
+			holding = true;
+		}
+	}
+	if (rtsub_window_is_open())
+		rtsub_window_trim(now, holding ? &hold : NULL);
+	start = rtsub_window_start();
+	foreach(lc, pending)
+	{
+		RtsubSubscription *sub = lfirst(lc);
+
+		if (!sub->ended && !sub->awaiting_horizon && sub->state != SUB_LIVE &&
+			rtsub_pos_cmp(sub->cursor, start) < 0)
+			end_sub(sub, "beyond_window");
+	}
+
+	if (rtsub_snapshots_poll())
+		more = true;
+
+	foreach(lc, pending)
+	{
+		RtsubSubscription *sub = lfirst(lc);
+
+		if (!sub->ended && sub->state == SUB_CATCHUP)
+			catching = lappend(catching, sub);
+	}
+	if (catching != NIL)
+	{
+		MemoryContext cxt = CurrentMemoryContext;
+		ExprContext *econtext;
+		int			budget = CATCH_UP_BUDGET;
+
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		econtext = CreateStandaloneExprContext();
+		foreach(lc, catching)
+		{
+			RtsubSubscription *sub = lfirst(lc);
+			int			share = Max(budget / Max(list_length(catching), 1), 1000);
+
+			if (catch_up_one(sub, &share, read_upto, &econtext, cxt))
+				more = true;
+		}
+		FreeExprContext(econtext, true);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(cxt);
+	}
+
+	/* live subscriptions waiting for their snapshot's horizon to pass */
+	foreach(lc, pending)
+	{
+		RtsubSubscription *sub = lfirst(lc);
+
+		if (!sub->ended && sub->state == SUB_LIVE && sub->live_pending)
+			became_live(sub, read_upto);
+	}
+	foreach(lc, pending)
+	{
+		RtsubSubscription *sub = lfirst(lc);
+
+		if (sub->state == SUB_LIVE && !sub->live_pending)
+			pending = foreach_delete_current(pending, lc);
+	}
+
+	/* hand ended subscriptions back (which closes them) */
+	while (ended != NIL)
+	{
+		RtsubSubscription *sub = linitial(ended);
+
+		ended = list_delete_first(ended);
+		rtsub_session_subscription_ended(sub->session, sub);
+	}
+	(void) flush_due_batches(now);
+	flush_counts();
+	return more;
+}
+
+/* end every subscription (the stream was lost: slot dropped) */
+void
+rtsub_engine_reset_all(const char *reason)
+{
+	HASH_SEQ_STATUS status;
+	RelSubs    *rs;
+
+	if (subs_by_rel == NULL)
+		return;
+	hash_seq_init(&status, subs_by_rel);
+	while ((rs = hash_seq_search(&status)) != NULL)
+	{
+		ListCell   *lc;
+
+		foreach(lc, rs->subs)
+			end_sub(lfirst(lc), reason);
+	}
+}
+
+/* see session.h */
+void
+rtsub_subscription_describe(RtsubSubscription *sub, StringInfo out)
+{
+	static const char *const states[] = {"snapshot", "catching_up", "live"};
+	char		cursor[RTSUB_POS_TEXT_LEN];
+
+	rtsub_pos_format(sub->cursor, cursor);
+	appendStringInfo(out, ",\"table_oid\":%u,\"table\":", sub->relid);
+	escape_json(out, sub->relname);
+	appendStringInfo(out, ",\"state\":\"%s\",\"position\":\"%s\",\"failed\":%s,\"messages_sent\":" UINT64_FORMAT,
+					 sub->failed ? "failed" : sub->ended ? "ended" : states[sub->state],
+					 cursor, sub->failed ? "true" : "false", sub->messages_sent);
 }
 
 /* number of open subscriptions */
@@ -997,4 +1786,235 @@ int
 rtsub_subscription_count(void)
 {
 	return nsubs;
+}
+
+/* ----------------------------------------------------------------
+ * Reading a snapshot (in a snapshot worker; see snapshot.c)
+ * ----------------------------------------------------------------
+ */
+
+/* a snapshot chunk being built */
+typedef struct ChunkBuilder
+{
+	RtsubSubscription *sub;
+	int			chunk_rows;
+	int			chunk_bytes;
+	int			index;			/* of the chunk being built */
+	int			nrows;
+	StringInfoData rows;		/* the rows, encoded, separated (JSON) */
+	StringInfoData msg;
+	RtsubSnapshotEmit emit;
+	void	   *arg;
+} ChunkBuilder;
+
+/* send the chunk built so far as a `snapshot` message */
+static void
+chunk_flush(ChunkBuilder *cb, bool last)
+{
+	RtsubWriter w;
+
+	resetStringInfo(&cb->msg);
+	rtsub_writer_init(&w, &cb->msg, cb->sub->format);
+	w.enc->map_begin(&w, 5);
+	rtsub_put_kv_str(&w, "type", "snapshot");
+	rtsub_put_kv_str(&w, "id", cb->sub->client_id);
+	w.enc->key(&w, "chunk", 5);
+	w.enc->int64(&w, cb->index);
+	w.enc->key(&w, "rows", 4);
+	w.enc->array_begin(&w, cb->nrows);
+	appendBinaryStringInfo(&cb->msg, cb->rows.data, cb->rows.len);
+	w.enc->array_end(&w);
+	w.enc->key(&w, "last", 4);
+	w.enc->boolean(&w, last);
+	w.enc->map_end(&w);
+	cb->emit('C', cb->msg.data, cb->msg.len, cb->arg);
+	cb->index++;
+	cb->nrows = 0;
+	resetStringInfo(&cb->rows);
+}
+
+/* add a visible row to the chunk; a full chunk is sent */
+static void
+chunk_add(ChunkBuilder *cb, TupleTableSlot *slot)
+{
+	RtsubWriter w;
+
+	/* one chunk is held back: only the end of the scan knows the last */
+	if (cb->nrows >= cb->chunk_rows || cb->rows.len >= cb->chunk_bytes)
+		chunk_flush(cb, false);
+	if (cb->nrows > 0 && cb->sub->format == RTSUB_FORMAT_JSON)
+		appendStringInfoChar(&cb->rows, ',');
+	rtsub_writer_init(&w, &cb->rows, cb->sub->format);
+	write_row(cb->sub, &w, slot);
+	cb->nrows++;
+}
+
+/* scan one table (a leaf of the subscription's table when partitioned) */
+static void
+scan_relation(ChunkBuilder *cb, Relation rel, TupleDesc root_desc,
+			  Snapshot snapshot, ExprContext *econtext)
+{
+	RtsubSubscription *sub = cb->sub;
+	TableScanDesc scan;
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	TupleTableSlot *root_slot = NULL;
+	AttrMap    *map = build_attrmap_by_name_if_req(root_desc, RelationGetDescr(rel));
+
+	if (map != NULL)
+		root_slot = MakeSingleTupleTableSlot(root_desc, &TTSOpsVirtual);
+	scan = table_beginscan(rel, snapshot, 0, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		TupleTableSlot *row = slot;
+
+		CHECK_FOR_INTERRUPTS();
+		if (map != NULL)
+			row = execute_attr_map_slot(map, slot, root_slot);
+		econtext->ecxt_scantuple = row;
+		if (row_visible(sub, econtext))
+			chunk_add(cb, row);
+		ResetExprContext(econtext);
+	}
+	table_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	if (root_slot)
+		ExecDropSingleTupleTableSlot(root_slot);
+}
+
+/* emit a failure: code, NUL, message */
+static void
+emit_failure(RtsubSnapshotEmit emit, void *arg, const char *code, const char *message)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, code);
+	appendStringInfoChar(&buf, '\0');
+	appendStringInfoString(&buf, message);
+	emit('E', buf.data, buf.len, arg);
+}
+
+/*
+ * see snapshot.h: in one transaction, take a snapshot, send its horizon,
+ * compile the subscription as the server does and send every row it lets
+ * the client see, in chunks
+ */
+void
+rtsub_snapshot_scan(const RtsubSnapshotRequest *req, RtsubSnapshotEmit emit, void *arg)
+{
+	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "rtsub snapshot",
+											  ALLOCSET_DEFAULT_SIZES);
+	RtsubSubscription *sub;
+	RtsubClientIdentity who;
+	RtsubClientMsg msg;
+	const char *code;
+	char	   *detail = NULL;
+
+	sub = MemoryContextAllocZero(cxt, sizeof(RtsubSubscription));
+	sub->cxt = cxt;
+	sub->format = req->format;
+	sub->client_id = MemoryContextStrdup(cxt, req->id);
+	sub->name = MemoryContextStrdup(cxt, req->subscription);
+	sub->include_metadata = req->include_metadata;
+	who.role = req->role;
+	who.claims_json = req->claims_json;
+	memset(&msg, 0, sizeof(msg));
+	msg.type = RTSUB_MSG_SUBSCRIBE;
+	msg.id = (char *) req->id;
+	msg.subscription = (char *) req->subscription;
+	msg.params_json = (char *) req->params_json;
+
+	PG_TRY();
+	{
+		Snapshot	snapshot;
+		StringInfoData h;
+		RtsubSnapshotHorizon head;
+
+		StartTransactionCommand();
+		snapshot = RegisterSnapshot(GetTransactionSnapshot());
+		PushActiveSnapshot(snapshot);
+
+		/* the horizon first: which transactions the rows below include */
+		head.wal_insert = GetXLogInsertRecPtr();
+		head.xmin = snapshot->xmin;
+		head.xmax = snapshot->xmax;
+		head.xcnt = snapshot->xcnt;
+		initStringInfo(&h);
+		appendBinaryStringInfo(&h, (char *) &head, offsetof(RtsubSnapshotHorizon, xip));
+		{
+			TransactionId *xip = palloc(sizeof(TransactionId) * Max(snapshot->xcnt, 1));
+			uint32		i,
+						j;
+
+			memcpy(xip, snapshot->xip, sizeof(TransactionId) * snapshot->xcnt);
+			/* insertion sort: few running transactions */
+			for (i = 1; i < snapshot->xcnt; i++)
+				for (j = i; j > 0 && xip[j - 1] > xip[j]; j--)
+				{
+					TransactionId t = xip[j];
+
+					xip[j] = xip[j - 1];
+					xip[j - 1] = t;
+				}
+			appendBinaryStringInfo(&h, (char *) xip, sizeof(TransactionId) * snapshot->xcnt);
+		}
+		emit('S', h.data, h.len, arg);
+
+		SPI_connect();
+		code = open_in_transaction(&who, &msg, sub, &detail);
+		SPI_finish();
+		MemoryContextSwitchTo(cxt);
+		if (code != NULL)
+			emit_failure(emit, arg, code, detail);
+		else
+		{
+			ChunkBuilder cb;
+			Relation	rel = table_open(sub->relid, AccessShareLock);
+			ExprContext *econtext = CreateStandaloneExprContext();
+
+			memset(&cb, 0, sizeof(cb));
+			cb.sub = sub;
+			cb.chunk_rows = req->chunk_rows;
+			cb.chunk_bytes = req->chunk_bytes;
+			cb.emit = emit;
+			cb.arg = arg;
+			initStringInfo(&cb.rows);
+			initStringInfo(&cb.msg);
+			econtext->ecxt_param_list_info = sub->params;
+			if (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
+			{
+				ListCell   *lc;
+
+				foreach(lc, find_all_inheritors(sub->relid, AccessShareLock, NULL))
+				{
+					Relation	part = table_open(lfirst_oid(lc), NoLock);
+
+					if (RELKIND_HAS_STORAGE(part->rd_rel->relkind))
+						scan_relation(&cb, part, RelationGetDescr(rel), snapshot, econtext);
+					table_close(part, NoLock);
+				}
+			}
+			else
+				scan_relation(&cb, rel, RelationGetDescr(rel), snapshot, econtext);
+			chunk_flush(&cb, true);
+			FreeExprContext(econtext, true);
+			table_close(rel, AccessShareLock);
+			emit('D', NULL, 0, arg);
+		}
+		PopActiveSnapshot();
+		UnregisterSnapshot(snapshot);
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		emit_failure(emit, arg, "snapshot_failed", edata->message);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
 }

@@ -10,9 +10,16 @@
 
 #include "postgres.h"
 
+#include "access/xlogdefs.h"
+#include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
 
-extern void rtsub_evaluate_batch(List *changes);
+#include "window.h"
+
+extern void rtsub_evaluate_segment(RtsubSegment *seg);
+extern bool rtsub_engine_step(XLogRecPtr read_upto, TimestampTz now);
+extern void rtsub_engine_reset_all(const char *reason);
+extern long rtsub_engine_wait_ms(long max_ms);
 extern int	rtsub_subscription_count(void);
 
 #endif							/* RTSUB_EVALUATE_H */

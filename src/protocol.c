@@ -980,7 +980,11 @@ interpret_subscribe(PValue *obj, RtsubClientMsg *msg, char **detail)
 		msg->params_json = buf.data;
 	}
 
-	if ((code = get_bool(obj, "snapshot", &msg->snapshot, detail)) != NULL)
+	if ((code = get_bool(obj, "snapshot", &msg->snapshot, detail)) != NULL ||
+		(code = get_int(obj, "chunkRows", 1, 100000, 1000,
+						&msg->chunk_rows, detail)) != NULL ||
+		(code = get_int(obj, "chunkBytes", 1024, 16 * 1024 * 1024, 1024 * 1024,
+						&msg->chunk_bytes, detail)) != NULL)
 		return code;
 
 	if ((v = pv_get_opt(obj, "resume")) != NULL)
@@ -1112,6 +1116,8 @@ rtsub_parse_client_message(const char *data, size_t len, RtsubFormat format,
 
 	memset(msg, 0, sizeof(*msg));
 	msg->batch_size = 1;
+	msg->chunk_rows = 1000;
+	msg->chunk_bytes = 1024 * 1024;
 	msg->throttle_ms = 0;
 	msg->priority = 5;
 	*detail = NULL;
@@ -1333,13 +1339,33 @@ rtsub_msg_welcome(StringInfo out, RtsubFormat f, const RtsubWelcome *wel)
 
 /* subscribed: id, at (the event id from which the stream is live) */
 void
-rtsub_msg_subscribed(StringInfo out, RtsubFormat f, const char *id, const char *at)
+rtsub_msg_subscribed(StringInfo out, RtsubFormat f, const char *id, const char *at,
+					 const char *epoch, bool snapshot, bool resumed)
 {
 	RtsubWriter w;
 
-	msg_begin(&w, out, f, "subscribed", 3);
+	msg_begin(&w, out, f, "subscribed", 6);
 	put_str(&w, "id", id);
 	put_str(&w, "at", at);
+	put_str(&w, "epoch", epoch);
+	w.enc->key(&w, "snapshot", 8);
+	w.enc->boolean(&w, snapshot);
+	w.enc->key(&w, "resumed", 7);
+	w.enc->boolean(&w, resumed);
+	w.enc->map_end(&w);
+}
+
+/* live: id, at, epoch */
+void
+rtsub_msg_live(StringInfo out, RtsubFormat f, const char *id, const char *at,
+			   const char *epoch)
+{
+	RtsubWriter w;
+
+	msg_begin(&w, out, f, "live", 4);
+	put_str(&w, "id", id);
+	put_str(&w, "at", at);
+	put_str(&w, "epoch", epoch);
 	w.enc->map_end(&w);
 }
 
@@ -1478,6 +1504,8 @@ rtsub_parse_client_message_sql(PG_FUNCTION_ARGS)
 		w.enc->boolean(&w, msg.snapshot);
 		put_str(&w, "resume_epoch", msg.resume_epoch);
 		put_str(&w, "resume_after", msg.resume_after);
+		put_int(&w, "chunk_rows", msg.chunk_rows);
+		put_int(&w, "chunk_bytes", msg.chunk_bytes);
 		put_int(&w, "batch_size", msg.batch_size);
 		put_int(&w, "throttle_ms", msg.throttle_ms);
 		w.enc->key(&w, "include_metadata", 16);
@@ -1538,7 +1566,9 @@ rtsub_test_server_messages(PG_FUNCTION_ARGS)
 	wel.exp = -1;
 	rtsub_msg_welcome(&s, f, &wel);
 	put_bytea_row(rsinfo, &s);
-	rtsub_msg_subscribed(&s, f, "sub-1", "0/1A2B3C8:3");
+	rtsub_msg_subscribed(&s, f, "sub-1", "0/1A2B3C8:3", "00c0ffee12345678", true, false);
+	put_bytea_row(rsinfo, &s);
+	rtsub_msg_live(&s, f, "sub-1", "0/1A2B3F0:2", "00c0ffee12345678");
 	put_bytea_row(rsinfo, &s);
 	rtsub_msg_unsubscribed(&s, f, "sub-1");
 	put_bytea_row(rsinfo, &s);

@@ -54,6 +54,8 @@ typedef struct RtsubClientMsg
 								 * (compact, keys sorted bytewise, no
 								 * duplicates), or NULL when absent */
 	bool		snapshot;		/* default false */
+	int			chunk_rows;		/* 1-100000, default 1000 */
+	int			chunk_bytes;	/* 1024-16777216, default 1048576 */
 	char	   *resume_epoch;	/* resume.epoch, or NULL */
 	char	   *resume_after;	/* resume.after (an event id), or NULL */
 	int			batch_size;		/* 1-1000, default 1 */
@@ -88,7 +90,10 @@ typedef struct RtsubWelcome
 /* each appends one complete message to out */
 extern void rtsub_msg_welcome(StringInfo out, RtsubFormat f, const RtsubWelcome *wel);
 extern void rtsub_msg_subscribed(StringInfo out, RtsubFormat f, const char *id,
-								 const char *at);
+								 const char *at, const char *epoch,
+								 bool snapshot, bool resumed);
+extern void rtsub_msg_live(StringInfo out, RtsubFormat f, const char *id,
+						   const char *at, const char *epoch);
 extern void rtsub_msg_unsubscribed(StringInfo out, RtsubFormat f, const char *id);
 extern void rtsub_msg_pong(StringInfo out, RtsubFormat f, const char *nonce_json);
 extern void rtsub_msg_refreshed(StringInfo out, RtsubFormat f, int64 exp);

@@ -57,6 +57,7 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 #include "utils/varlena.h"
 
 #include "auth_jwt.h"
@@ -64,6 +65,8 @@
 #include "protocol.h"
 #include "session.h"
 #include "shmem.h"
+#include "window.h"
+#include "worker.h"
 #include "ws_server.h"
 
 #define WS_PATH				"/v1/ws"
@@ -128,11 +131,14 @@ struct RtsubSession
 	bool		closing;		/* a close is pending: send nothing more */
 	bool		close_sent;		/* the close frame (SSE: the last event) is
 								 * written */
+	bool		end_when_drained;	/* SSE: end the stream once the queue
+									 * is written (its subscription ended) */
 	int			close_code;
 	char		close_reason[124];
 
 	/* identity (in cxt) */
 	char	   *role;
+	char	   *user;			/* the token's sub claim, or NULL */
 	char	   *claims_json;
 	int64		exp;			/* token expiry (Unix s), PG_INT64_MIN: none */
 
@@ -145,9 +151,16 @@ struct RtsubSession
 	size_t		rx_len;
 	size_t		rx_cap;
 
-	/* send queue */
-	dlist_head	queue;
+	/* send queue: one list per priority, the highest drained first */
+	dlist_head	queue[RTSUB_PRIORITIES];
 	size_t		queued_bytes;
+	int			queued_messages;
+
+	/* for rtsub.connections */
+	uint64		serial;			/* the connection's id */
+	TimestampTz connected_at;
+	uint64		messages_sent;
+	uint64		bytes_sent;
 
 	/* subscriptions */
 	dlist_head	subs;
@@ -167,6 +180,7 @@ typedef struct WsPss
 } WsPss;
 
 static dlist_head sessions = DLIST_STATIC_INIT(sessions);
+static uint64 session_serial = 0;	/* ids of sessions, for rtsub.connections */
 static int	nsessions = 0;			/* established sessions */
 static MemoryContext scratch_cxt = NULL;
 static lws_sorted_usec_list_t tick_sul;
@@ -223,13 +237,6 @@ audit(const char *fmt,...)
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
 	ereport(LOG, (errmsg_internal("rtsub: %s", buf), errhidestmt(true)));
-}
-
-/* an LSN as an event id "X/X:0" */
-static char *
-lsn_event_id(XLogRecPtr lsn)
-{
-	return psprintf("%X/%X:0", LSN_FORMAT_ARGS(lsn));
 }
 
 /* count in a shared counter */
@@ -522,7 +529,10 @@ session_create(struct lws *wsi, RtsubFormat format)
 	s->wsi = wsi;
 	s->format = format;
 	s->exp = PG_INT64_MIN;
-	dlist_init(&s->queue);
+	s->serial = ++session_serial;
+	s->connected_at = GetCurrentTimestamp();
+	for (int p = 0; p < RTSUB_PRIORITIES; p++)
+		dlist_init(&s->queue[p]);
 	dlist_init(&s->subs);
 	lws_get_peer_simple(wsi, s->remote, sizeof(s->remote));
 	return s;
@@ -534,6 +544,8 @@ session_set_identity(RtsubSession *s, const RtsubToken *tok)
 {
 	if (s->role == NULL)
 		s->role = MemoryContextStrdup(s->cxt, tok->role);
+	if (s->user == NULL && tok->sub != NULL)
+		s->user = MemoryContextStrdup(s->cxt, tok->sub);
 	if (s->claims_json)
 		pfree(s->claims_json);
 	s->claims_json = MemoryContextStrdup(s->cxt, tok->claims_json);
@@ -635,14 +647,16 @@ drop_queue(RtsubSession *s)
 {
 	dlist_mutable_iter it;
 
-	dlist_foreach_modify(it, &s->queue)
-	{
-		SendItem   *item = dlist_container(SendItem, node, it.cur);
+	for (int p = 0; p < RTSUB_PRIORITIES; p++)
+		dlist_foreach_modify(it, &s->queue[p])
+		{
+			SendItem   *item = dlist_container(SendItem, node, it.cur);
 
-		dlist_delete(&item->node);
-		free(item);
-	}
+			dlist_delete(&item->node);
+			free(item);
+		}
 	s->queued_bytes = 0;
+	s->queued_messages = 0;
 }
 
 /*
@@ -651,13 +665,14 @@ drop_queue(RtsubSession *s)
  * rtsub.max_send_buffer: then the session closes as a slow consumer.
  */
 static bool
-enqueue(RtsubSession *s, const char *data, size_t len)
+enqueue(RtsubSession *s, const char *data, size_t len, int priority)
 {
 	SendItem   *item;
 
 	if (s == NULL || s->closing || s->wsi == NULL)
 		return false;
-	if (s->queued_bytes + len > (size_t) rtsub_max_send_buffer)
+	if (s->queued_bytes > 0 &&
+		s->queued_bytes + len > (size_t) rtsub_max_send_buffer)
 	{
 		count(&rtsub_shared->ws_slow_consumers, 1);
 		audit("slow consumer closed: %s (role %s%s): more than %d bytes queued",
@@ -674,8 +689,9 @@ enqueue(RtsubSession *s, const char *data, size_t len)
 	}
 	item->len = len;
 	memcpy(item->buf + LWS_PRE, data, len);
-	dlist_push_tail(&s->queue, &item->node);
+	dlist_push_tail(&s->queue[priority], &item->node);
 	s->queued_bytes += len;
+	s->queued_messages++;
 	s->last_sent_ms = now_unix_ms();
 	lws_callback_on_writable(s->wsi);
 	return true;
@@ -729,8 +745,10 @@ sse_scan(const char *p, size_t len, char *type, char *event)
 					if (strcmp(type, "changes") == 0)
 						event_depth = 3;
 				}
-				else if (keydepth == event_depth && keylen == 5 &&
-						 memcmp(key, "event", 5) == 0)
+				else if (keydepth == event_depth &&
+						 ((keylen == 5 && memcmp(key, "event", 5) == 0) ||
+						  (keylen == 2 && memcmp(key, "at", 2) == 0 &&
+						   strcmp(type, "live") == 0)))
 				{
 					memcpy(event, p + start, slen);
 					event[slen] = '\0';
@@ -784,8 +802,8 @@ sse_event(StringInfo out, const char *data, size_t len)
 	sse_scan(data, len, type, event);
 	if (event[0] != '\0' &&
 		(strcmp(type, "change") == 0 || strcmp(type, "changes") == 0 ||
-		 strcmp(type, "message") == 0))
-		appendStringInfo(out, "id: %s\n", event);
+		 strcmp(type, "message") == 0 || strcmp(type, "live") == 0))
+		appendStringInfo(out, "id: %s@%s\n", event, rtsub_window_epoch());
 	appendStringInfo(out, "event: %s\n", type[0] ? type : "message");
 	for (i = 0; i <= len; i++)
 	{
@@ -801,22 +819,41 @@ sse_event(StringInfo out, const char *data, size_t len)
 	appendStringInfoChar(out, '\n');
 }
 
-/* queue one message; see session.h */
+/* queue one message with a priority; see session.h */
 bool
-rtsub_session_send(RtsubSession *s, const char *data, size_t len)
+rtsub_session_send_priority(RtsubSession *s, const char *data, size_t len,
+							int priority)
 {
 	StringInfoData buf;
 	bool		ok;
 
+	priority = Max(0, Min(priority, RTSUB_PRIORITIES - 1));
 	if (s == NULL || s->kind != SESSION_SSE)
-		return enqueue(s, data, len);
+		return enqueue(s, data, len, priority);
 	if (s->closing || s->wsi == NULL)
 		return false;
 	initStringInfo(&buf);
 	sse_event(&buf, data, len);
-	ok = enqueue(s, buf.data, buf.len);
+	ok = enqueue(s, buf.data, buf.len, priority);
 	pfree(buf.data);
 	return ok;
+}
+
+/* queue one message at the default priority; see session.h */
+bool
+rtsub_session_send(RtsubSession *s, const char *data, size_t len)
+{
+	return rtsub_session_send_priority(s, data, len, RTSUB_DEFAULT_PRIORITY);
+}
+
+/* the queued message to write next (highest priority first), or NULL */
+static SendItem *
+next_item(RtsubSession *s)
+{
+	for (int p = RTSUB_PRIORITIES - 1; p >= 0; p--)
+		if (!dlist_is_empty(&s->queue[p]))
+			return dlist_container(SendItem, node, dlist_pop_head_node(&s->queue[p]));
+	return NULL;
 }
 
 /* the session's wire format */
@@ -824,6 +861,13 @@ RtsubFormat
 rtsub_session_format(RtsubSession *s)
 {
 	return s->format;
+}
+
+/* bytes queued and not yet written; see session.h */
+size_t
+rtsub_session_queued(RtsubSession *s)
+{
+	return s->queued_bytes;
 }
 
 /* queue a built message */
@@ -852,7 +896,9 @@ send_welcome(RtsubSession *s)
 	RtsubWelcome wel;
 
 	wel.server = SERVER_NAME;
-	wel.epoch = rtsub_shared ? rtsub_shared->epoch : "0";
+	rtsub_worker_open_stream_now();	/* the epoch is the stream's */
+	wel.epoch = rtsub_window_is_open() ? rtsub_window_epoch() :
+		(rtsub_shared ? rtsub_shared->epoch : "0");
 	wel.role = s->role;
 	wel.exp = (s->exp == PG_INT64_MIN) ? -1 : s->exp;
 	wel.heartbeat_ms = rtsub_heartbeat_interval;
@@ -890,12 +936,13 @@ start_close(RtsubSession *s, int code, const char *reason)
 static int
 drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int n)
 {
-	while (!dlist_is_empty(&s->queue) && n < MAX_WRITES_PER_CALLBACK)
+	while (s->queued_messages > 0 && n < MAX_WRITES_PER_CALLBACK)
 	{
-		SendItem   *item = dlist_container(SendItem, node, dlist_pop_head_node(&s->queue));
+		SendItem   *item = next_item(s);
 		int			written;
 
 		s->queued_bytes -= item->len;
+		s->queued_messages--;
 		written = lws_write(wsi, item->buf + LWS_PRE, item->len, kind);
 		if (written < (int) item->len)
 		{
@@ -907,12 +954,14 @@ drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int 
 			pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
 			pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
 		}
+		s->messages_sent++;
+		s->bytes_sent += item->len;
 		free(item);
 		n++;
 		if (lws_send_pipe_choked(wsi))
 			break;
 	}
-	if (!dlist_is_empty(&s->queue))
+	if (s->queued_messages > 0)
 		lws_callback_on_writable(wsi);
 	return 0;
 }
@@ -1021,7 +1070,17 @@ sse_on_writeable(struct lws *wsi, RtsubSession *s)
 		return 0;
 	}
 
-	return drain_queue(s, wsi, LWS_WRITE_HTTP, n);
+	if (drain_queue(s, wsi, LWS_WRITE_HTTP, n) < 0)
+		return -1;
+	if (s->end_when_drained && s->queued_messages == 0)
+	{
+		/* everything queued is written: end once lws has flushed it */
+		s->closing = true;
+		s->close_code = CLOSE_GOING_AWAY;
+		s->close_sent = true;
+		lws_callback_on_writable(wsi);
+	}
+	return 0;
 }
 
 /* ----------------------------------------------------------------------
@@ -1058,11 +1117,9 @@ handle_subscribe(RtsubSession *s, RtsubClientMsg *msg)
 {
 	RtsubClientIdentity who;
 	RtsubSubscription *sub = NULL;
-	XLogRecPtr	live_from = InvalidXLogRecPtr;
 	char	   *detail = NULL;
 	const char *code;
 	SessionSub *ss;
-	StringInfoData buf;
 
 	if (find_sub(s, msg->id) != NULL)
 	{
@@ -1081,7 +1138,13 @@ handle_subscribe(RtsubSession *s, RtsubClientMsg *msg)
 	}
 
 	identity(s, &who);
-	code = rtsub_subscription_open(s, &who, msg, &sub, &live_from, &detail);
+	code = rtsub_subscription_open(s, &who, msg, &sub, &detail);
+	if (code != NULL && strcmp(code, RTSUB_OPEN_RESET) == 0)
+	{
+		audit("resume refused: %s (role %s) subscription \"%s\" id \"%s\": reset",
+			  s->remote, s->role, msg->subscription, msg->id);
+		return;
+	}
 	if (code != NULL)
 	{
 		audit("subscribe denied: %s (role %s) subscription \"%s\" id \"%s\": %s: %s",
@@ -1097,12 +1160,10 @@ handle_subscribe(RtsubSession *s, RtsubClientMsg *msg)
 	ss->sub = sub;
 	dlist_push_tail(&s->subs, &ss->node);
 	s->nsubs++;
-	audit("subscribe granted: %s (role %s) subscription \"%s\" id \"%s\"",
-		  s->remote, s->role, msg->subscription, msg->id);
-
-	initStringInfo(&buf);
-	rtsub_msg_subscribed(&buf, s->format, msg->id, lsn_event_id(live_from));
-	send_buf(s, &buf);
+	audit("subscribe granted: %s (role %s) subscription \"%s\" id \"%s\"%s%s",
+		  s->remote, s->role, msg->subscription, msg->id,
+		  msg->snapshot ? " with snapshot" : "",
+		  msg->resume_after ? " resumed" : "");
 }
 
 /* close one of a session's subscriptions and forget it */
@@ -1116,6 +1177,31 @@ close_sub(RtsubSession *s, SessionSub *ss)
 	pfree(ss->id);
 	pfree(ss->name);
 	pfree(ss);
+}
+
+/* see session.h: the engine ended a subscription (it sent `reset`) */
+void
+rtsub_session_subscription_ended(RtsubSession *s, RtsubSubscription *sub)
+{
+	dlist_iter	it;
+
+	dlist_foreach(it, &s->subs)
+	{
+		SessionSub *ss = dlist_container(SessionSub, node, it.cur);
+
+		if (ss->sub == sub)
+		{
+			close_sub(s, ss);
+			break;
+		}
+	}
+	/* an SSE stream is its one subscription: it ends after the reset */
+	if (s->kind == SESSION_SSE && s->nsubs == 0 && !s->closing)
+	{
+		s->end_when_drained = true;
+		if (s->wsi)
+			lws_callback_on_writable(s->wsi);
+	}
 }
 
 static void
@@ -1540,8 +1626,9 @@ tick(lws_sorted_usec_list_t *sul)
 			{
 				if (!hb_built)
 				{
-					char	   *at = lsn_event_id(rtsub_shared ?
-												  pg_atomic_read_u64(&rtsub_shared->stream_read_upto) : 0);
+					char		at[RTSUB_POS_TEXT_LEN];
+
+					rtsub_pos_format(rtsub_window_head(), at);
 
 					initStringInfo(&hb[0]);
 					rtsub_msg_heartbeat(&hb[0], RTSUB_FORMAT_JSON, at);
@@ -1552,7 +1639,7 @@ tick(lws_sorted_usec_list_t *sul)
 					hb_built = true;
 				}
 				if (s->kind == SESSION_SSE)
-					(void) enqueue(s, hb[2].data, hb[2].len);
+					(void) enqueue(s, hb[2].data, hb[2].len, RTSUB_PRIORITIES - 1);
 				else
 					send_buf(s, &hb[s->format == RTSUB_FORMAT_MSGPACK ? 1 : 0]);
 			}
@@ -1793,7 +1880,19 @@ sse_subscribe_msg(struct lws *wsi, RtsubClientMsg *msg, char **detail)
 	char	   *params = query_arg(wsi, "params=");
 	char	   *batch = query_arg(wsi, "batchSize=");
 	char	   *meta = query_arg(wsi, "includeMetadata=");
+	char	   *snapshot = query_arg(wsi, "snapshot=");
+	char	   *chunk_rows = query_arg(wsi, "chunkRows=");
+	char	   *chunk_bytes = query_arg(wsi, "chunkBytes=");
+	char	   *last_id = NULL;
 	StringInfoData req;
+	int			n;
+
+	if ((n = lws_hdr_custom_length(wsi, "last-event-id:", 14)) > 0)
+	{
+		last_id = palloc(n + 1);
+		if (lws_hdr_custom_copy(wsi, last_id, n + 1, "last-event-id:", 14) < 0)
+			last_id = NULL;
+	}
 
 	if (name == NULL || name[0] == '\0')
 	{
@@ -1832,6 +1931,61 @@ sse_subscribe_msg(struct lws *wsi, RtsubClientMsg *msg, char **detail)
 		}
 		appendStringInfo(&req, ",\"includeMetadata\":%s", on ? "true" : "false");
 	}
+	if (snapshot != NULL)
+	{
+		bool		on;
+
+		if (!parse_bool(snapshot, &on))
+		{
+			*detail = "the query parameter snapshot must be true or false";
+			return RTSUB_ERR_BAD_FIELD;
+		}
+		appendStringInfo(&req, ",\"snapshot\":%s", on ? "true" : "false");
+	}
+	if (chunk_rows != NULL)
+	{
+		if (chunk_rows[0] == '\0' || strlen(chunk_rows) > 9 ||
+			strspn(chunk_rows, "0123456789") != strlen(chunk_rows))
+		{
+			*detail = "the query parameter chunkRows must be an integer from 1 to 100000";
+			return RTSUB_ERR_BAD_FIELD;
+		}
+		appendStringInfo(&req, ",\"chunkRows\":%s", chunk_rows);
+	}
+	if (chunk_bytes != NULL)
+	{
+		if (chunk_bytes[0] == '\0' || strlen(chunk_bytes) > 9 ||
+			strspn(chunk_bytes, "0123456789") != strlen(chunk_bytes))
+		{
+			*detail = "the query parameter chunkBytes must be an integer from 1024 to 16777216";
+			return RTSUB_ERR_BAD_FIELD;
+		}
+		appendStringInfo(&req, ",\"chunkBytes\":%s", chunk_bytes);
+	}
+	if (last_id != NULL && last_id[0] != '\0')
+	{
+		/* "<event id>@<epoch>", as the stream's id: fields carry it */
+		char	   *at = strrchr(last_id, '@');
+		RtsubPos	pos;
+
+		if (at == NULL || at == last_id || strlen(at + 1) != RTSUB_EPOCH_LEN)
+		{
+			*detail = "the Last-Event-ID header must be an event id and an epoch, \"<event id>@<epoch>\"";
+			return RTSUB_ERR_BAD_FIELD;
+		}
+		*at = '\0';
+		if (!rtsub_pos_parse(last_id, &pos) ||
+			strspn(at + 1, "0123456789abcdef") != RTSUB_EPOCH_LEN)
+		{
+			*detail = "the Last-Event-ID header must be an event id and an epoch, \"<event id>@<epoch>\"";
+			return RTSUB_ERR_BAD_FIELD;
+		}
+		appendStringInfoString(&req, ",\"resume\":{\"epoch\":");
+		escape_json(&req, at + 1);
+		appendStringInfoString(&req, ",\"after\":");
+		escape_json(&req, last_id);
+		appendStringInfoChar(&req, '}');
+	}
 	appendStringInfoChar(&req, '}');
 	return rtsub_parse_client_message(req.data, req.len, RTSUB_FORMAT_JSON, msg, detail);
 }
@@ -1868,9 +2022,8 @@ sse_request(struct lws *wsi, void **handle)
 	RtsubSession *s;
 	RtsubClientIdentity who;
 	RtsubSubscription *sub = NULL;
-	XLogRecPtr	live_from = InvalidXLogRecPtr;
 	SessionSub *ss;
-	StringInfoData buf;
+	bool		reset_only;
 
 	if (!origin_allowed(wsi, &origin))
 		return sse_refuse(wsi, 403, "origin_not_allowed",
@@ -1903,21 +2056,31 @@ sse_request(struct lws *wsi, void **handle)
 	sse_opening = s;
 	session_set_identity(s, &tok);
 	identity(s, &who);
-	code = rtsub_subscription_open(s, &who, &msg, &sub, &live_from, &detail);
-	if (code != NULL)
+	/* queued in order: the welcome, then what opening the subscription sends */
+	s->last_sent_ms = now_unix_ms();
+	send_welcome(s);
+	code = rtsub_subscription_open(s, &who, &msg, &sub, &detail);
+	reset_only = (code != NULL && strcmp(code, RTSUB_OPEN_RESET) == 0);
+	if (code != NULL && !reset_only)
 	{
 		sse_opening = NULL;
+		drop_queue(s);
 		MemoryContextDelete(s->cxt);
 		audit("subscribe denied: %s (role %s, SSE) subscription \"%s\": %s: %s",
 			  s->remote, tok.role, msg.subscription, code, detail ? detail : "");
 		return sse_refuse(wsi, sse_error_status(code), code, detail ? detail : code);
 	}
-	ss = MemoryContextAllocZero(s->cxt, sizeof(SessionSub));
-	ss->id = MemoryContextStrdup(s->cxt, msg.id);
-	ss->name = MemoryContextStrdup(s->cxt, msg.subscription);
-	ss->sub = sub;
-	dlist_push_tail(&s->subs, &ss->node);
-	s->nsubs++;
+	if (reset_only)
+		s->end_when_drained = true; /* the reset is the stream */
+	else
+	{
+		ss = MemoryContextAllocZero(s->cxt, sizeof(SessionSub));
+		ss->id = MemoryContextStrdup(s->cxt, msg.id);
+		ss->name = MemoryContextStrdup(s->cxt, msg.subscription);
+		ss->sub = sub;
+		dlist_push_tail(&s->subs, &ss->node);
+		s->nsubs++;
+	}
 
 	/* established: from here on lws's close callbacks destroy the session */
 	s->established = true;
@@ -1936,11 +2099,7 @@ sse_request(struct lws *wsi, void **handle)
 	lws_http_mark_sse(wsi);
 	lws_set_timeout(wsi, NO_PENDING_TIMEOUT, 0);
 
-	s->last_sent_ms = now_unix_ms();
-	send_welcome(s);
-	initStringInfo(&buf);
-	rtsub_msg_subscribed(&buf, s->format, msg.id, lsn_event_id(live_from));
-	send_buf(s, &buf);
+	lws_callback_on_writable(wsi);
 	schedule_tick(lws_get_context(wsi));
 	return 0;
 }
@@ -2064,4 +2223,74 @@ int
 rtsub_sessions_count(void)
 {
 	return nsessions;
+}
+
+/* append a JSON string, or null */
+static void
+json_str_or_null(StringInfo out, const char *v)
+{
+	if (v == NULL)
+		appendStringInfoString(out, "null");
+	else
+		escape_json(out, v);
+}
+
+/*
+ * Describe every established session and its subscriptions as a JSON
+ * array, for rtsub.connections and rtsub.active_subscriptions (monitor.c)
+ */
+void
+rtsub_sessions_describe(StringInfo out)
+{
+	dlist_iter	it;
+	bool		first = true;
+
+	appendStringInfoChar(out, '[');
+	dlist_foreach(it, &sessions)
+	{
+		RtsubSession *s = dlist_container(RtsubSession, node, it.cur);
+		dlist_iter	si;
+		bool		first_sub = true;
+
+		if (!first)
+			appendStringInfoChar(out, ',');
+		first = false;
+		appendStringInfo(out, "{\"id\":" UINT64_FORMAT ",\"transport\":\"%s\",\"format\":\"%s\",\"remote_addr\":",
+						 s->serial, s->kind == SESSION_SSE ? "sse" : "websocket",
+						 s->format == RTSUB_FORMAT_MSGPACK ? "msgpack" : "json");
+		escape_json(out, s->remote);
+		appendStringInfoString(out, ",\"user\":");
+		json_str_or_null(out, s->user);
+		appendStringInfoString(out, ",\"role\":");
+		json_str_or_null(out, s->role);
+		appendStringInfoString(out, ",\"connected_at\":");
+		escape_json(out, timestamptz_to_str(s->connected_at));
+		appendStringInfoString(out, ",\"token_expires_at\":");
+		if (s->exp == PG_INT64_MIN)
+			appendStringInfoString(out, "null");
+		else
+			appendStringInfo(out, INT64_FORMAT, s->exp);
+		appendStringInfo(out, ",\"state\":\"%s\",\"subscriptions\":%d,\"messages_sent\":" UINT64_FORMAT
+						 ",\"bytes_sent\":" UINT64_FORMAT ",\"queue_bytes\":%zu,\"queue_messages\":%d,\"subs\":[",
+						 s->closing ? "closing" : (s->authenticated ? "open" : "authenticating"),
+						 s->nsubs, s->messages_sent, s->bytes_sent, s->queued_bytes,
+						 s->queued_messages);
+		dlist_foreach(si, &s->subs)
+		{
+			SessionSub *ss = dlist_container(SessionSub, node, si.cur);
+
+			if (!first_sub)
+				appendStringInfoChar(out, ',');
+			first_sub = false;
+			appendStringInfoString(out, "{\"id\":");
+			escape_json(out, ss->id);
+			appendStringInfoString(out, ",\"subscription\":");
+			escape_json(out, ss->name);
+			if (ss->sub)
+				rtsub_subscription_describe(ss->sub, out);
+			appendStringInfoChar(out, '}');
+		}
+		appendStringInfoString(out, "]}");
+	}
+	appendStringInfoChar(out, ']');
 }

@@ -46,14 +46,15 @@ rtsub_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(RtsubShared)));
+	RequestNamedLWLockTranche("rtsub monitor", 1);
 }
 
 /*
  * a fresh epoch: RTSUB_EPOCH_LEN random hex digits (the time and pid when
  * no strong random source is available)
  */
-static void
-init_epoch(char *epoch)
+void
+rtsub_new_epoch(char *epoch)
 {
 	static const char hex[] = "0123456789abcdef";
 	uint8		bytes[RTSUB_EPOCH_LEN / 2];
@@ -97,6 +98,14 @@ rtsub_shmem_startup(void)
 		pg_atomic_init_u64(&rtsub_shared->changes_decoded, 0);
 		pg_atomic_init_u64(&rtsub_shared->stream_errors, 0);
 		pg_atomic_init_u64(&rtsub_shared->stream_read_upto, 0);
+		pg_atomic_init_u64(&rtsub_shared->changes_evaluated, 0);
+		pg_atomic_init_u64(&rtsub_shared->changes_delivered, 0);
+		pg_atomic_init_u64(&rtsub_shared->window_bytes, 0);
+		pg_atomic_init_u64(&rtsub_shared->window_start, 0);
+		pg_atomic_init_u64(&rtsub_shared->slot_confirmed, 0);
+		pg_atomic_init_u64(&rtsub_shared->snapshots_started, 0);
+		pg_atomic_init_u64(&rtsub_shared->resets_sent, 0);
+		ConditionVariableInit(&rtsub_shared->dump_cv);
 		pg_atomic_init_u64(&rtsub_shared->ws_sessions_accepted, 0);
 		pg_atomic_init_u64(&rtsub_shared->ws_sessions_refused, 0);
 		pg_atomic_init_u64(&rtsub_shared->ws_sessions_open, 0);
@@ -107,7 +116,7 @@ rtsub_shmem_startup(void)
 		pg_atomic_init_u64(&rtsub_shared->sse_sessions_accepted, 0);
 		pg_atomic_init_u64(&rtsub_shared->sse_sessions_refused, 0);
 		pg_atomic_init_u64(&rtsub_shared->sse_sessions_open, 0);
-		init_epoch(rtsub_shared->epoch);
+		rtsub_new_epoch(rtsub_shared->epoch);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

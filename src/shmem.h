@@ -13,6 +13,8 @@
 
 #include "datatype/timestamp.h"
 #include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/dsm.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
 
@@ -46,6 +48,13 @@ typedef struct RtsubShared
 	pg_atomic_uint64 changes_decoded;
 	pg_atomic_uint64 stream_errors;
 	pg_atomic_uint64 stream_read_upto;	/* WAL position decoded up to */
+	pg_atomic_uint64 changes_evaluated; /* change x subscription evaluations */
+	pg_atomic_uint64 changes_delivered; /* change messages queued for clients */
+	pg_atomic_uint64 window_bytes;	/* gauge: memory of the resume window */
+	pg_atomic_uint64 window_start;	/* LSN of the window's start */
+	pg_atomic_uint64 slot_confirmed;	/* LSN the slot is confirmed up to */
+	pg_atomic_uint64 snapshots_started;
+	pg_atomic_uint64 resets_sent;
 
 	/* WebSocket sessions (ws_server.c) */
 	pg_atomic_uint64 ws_sessions_accepted;	/* upgrades accepted */
@@ -64,10 +73,17 @@ typedef struct RtsubShared
 	pg_atomic_uint64 sse_sessions_open; /* gauge: open streams */
 
 	/*
-	 * random hex chosen when the postmaster starts: the welcome's "epoch",
-	 * stable across restarts of the worker, new after a server restart
+	 * the welcome's "epoch": random hex chosen when the server's slot is
+	 * created, kept in the data directory (window.c) so that it survives
+	 * restarts; new whenever the stream's continuity is lost
 	 */
 	char		epoch[RTSUB_EPOCH_LEN + 1];
+
+	/* on-demand descriptions of the sessions (monitor.c), under mutex */
+	uint64		dump_requested;
+	uint64		dump_served;
+	dsm_handle	dump_handle;
+	ConditionVariable dump_cv;
 } RtsubShared;
 
 /* NULL unless rtsub is in shared_preload_libraries */
@@ -77,5 +93,6 @@ extern void rtsub_shmem_install_hooks(bool disabled);
 extern const char *rtsub_server_state_name(RtsubServerState state);
 extern void rtsub_shared_set_state(RtsubServerState state, int port);
 extern void rtsub_shmem_install_commit_wakeup(void);
+extern void rtsub_new_epoch(char *epoch);
 
 #endif							/* RTSUB_SHMEM_H */

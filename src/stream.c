@@ -129,17 +129,27 @@ stream_sink(void *arg, const RtsubSinkChange *c)
 	MemoryContextSwitchTo(oldcxt);
 }
 
-/* create the server's slot with the rtsub plugin if it does not exist */
-void
-rtsub_stream_ensure_slot(const char *slot_name)
+/* does the slot exist? */
+static bool
+slot_exists(const char *slot_name)
 {
 	bool		exists;
 
 	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
 	exists = SearchNamedReplicationSlot(slot_name, false) != NULL;
 	LWLockRelease(ReplicationSlotControlLock);
-	if (exists)
-		return;
+	return exists;
+}
+
+/*
+ * create the server's slot with the rtsub plugin if it does not exist;
+ * true if it was created
+ */
+bool
+rtsub_stream_ensure_slot(const char *slot_name)
+{
+	if (slot_exists(slot_name))
+		return false;
 
 	StartTransactionCommand();
 	SPI_connect();
@@ -157,6 +167,27 @@ rtsub_stream_ensure_slot(const char *slot_name)
 	CommitTransactionCommand();
 	ereport(LOG,
 			(errmsg("rtsub: created logical replication slot \"%s\"", slot_name)));
+	return true;
+}
+
+/* drop the server's slot (the stream must be closed); false if none */
+bool
+rtsub_stream_drop_slot(const char *slot_name)
+{
+	if (!slot_exists(slot_name))
+		return false;
+	ReplicationSlotDrop(slot_name, true);
+	ereport(LOG,
+			(errmsg("rtsub: dropped logical replication slot \"%s\"", slot_name)));
+	return true;
+}
+
+/* the slot's confirmed position (the stream must be open) */
+XLogRecPtr
+rtsub_stream_confirmed(void)
+{
+	Assert(MyReplicationSlot != NULL);
+	return MyReplicationSlot->data.confirmed_flush;
 }
 
 /* acquire the slot and open the decoding context */
@@ -243,7 +274,8 @@ rtsub_stream_read_upto(void)
 void
 rtsub_stream_confirm(XLogRecPtr lsn)
 {
-	if (stream_ctx == NULL || lsn == InvalidXLogRecPtr)
+	if (stream_ctx == NULL || lsn == InvalidXLogRecPtr ||
+		lsn <= MyReplicationSlot->data.confirmed_flush)
 		return;
 	LogicalConfirmReceivedLocation(lsn);
 	ReplicationSlotMarkDirty();

@@ -38,7 +38,9 @@ typedef struct RtsubChange
 	Size		content_size;
 } RtsubChange;
 
-extern void rtsub_stream_ensure_slot(const char *slot_name);
+extern bool rtsub_stream_ensure_slot(const char *slot_name);
+extern bool rtsub_stream_drop_slot(const char *slot_name);
+extern XLogRecPtr rtsub_stream_confirmed(void);
 extern void rtsub_stream_open(const char *slot_name);
 extern XLogRecPtr rtsub_stream_poll(int max_changes, MemoryContext cxt,
 									List **changes);

@@ -42,21 +42,27 @@
 #include "utils/wait_event.h"
 
 #include "access/xact.h"
+#include "commands/extension.h"
 #include "utils/timestamp.h"
 
 #include "config.h"
 #include "auth_jwt.h"
 #include "evaluate.h"
+#include "monitor.h"
 #include "stream.h"
 #include "shmem.h"
+#include "window.h"
 #include "worker.h"
 #include "ws_server.h"
 
 #define RESTART_SECONDS	5
 #define STREAM_RETRY_MS	1000
 #define STREAM_BATCH	10000
+#define EXTENSION_CHECK_MS	1000
 
 static bool stream_opened = false;
+static TimestampTz stream_failed_at = 0;	/* the last stream error */
+static TimestampTz extension_checked_at = 0;
 #define MAX_WAIT_MS		1000L
 #define LOG_EVERY_NTH_FAILURE	(60 / RESTART_SECONDS)
 
@@ -153,45 +159,110 @@ start_serving(void)
 }
 
 /*
- * Decode what has been committed since the last poll.  Changes are handed
- * on (evaluation and delivery come here), then confirmed.  An ERROR closes
- * the stream, which is opened again after STREAM_RETRY_MS, from the slot's
- * confirmed position: nothing handled is lost, nothing is skipped.
+ * Is the rtsub extension installed in the server's database?  Checked at
+ * most once a second; without it the server keeps no slot (DROP EXTENSION
+ * must not leave one behind).
+ */
+static bool
+extension_present(void)
+{
+	static bool present = false;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (extension_checked_at != 0 &&
+		!TimestampDifferenceExceeds(extension_checked_at, now, EXTENSION_CHECK_MS))
+		return present;
+	extension_checked_at = now;
+	StartTransactionCommand();
+	present = OidIsValid(get_extension_oid("rtsub", true));
+	CommitTransactionCommand();
+	return present;
+}
+
+/* the extension is gone: drop the slot, forget the window, reset clients */
+static void
+stream_retire(void)
+{
+	if (stream_opened)
+	{
+		rtsub_stream_close();
+		stream_opened = false;
+	}
+	if (rtsub_window_is_open())
+	{
+		rtsub_window_close();
+		rtsub_engine_reset_all("epoch_changed");
+	}
+	if (rtsub_stream_drop_slot(rtsub_slot_name))
+		ereport(LOG,
+				(errmsg("rtsub: the rtsub extension is not installed in database \"%s\": its slot is dropped",
+						rtsub_database)));
+}
+
+/*
+ * Decode what has been committed since the last poll.  Each decoded batch
+ * joins the resume window (window.c) and is evaluated for the live
+ * subscriptions; the slot is confirmed up to the window's start.  An ERROR
+ * closes the stream, which is opened again after STREAM_RETRY_MS, from the
+ * slot's confirmed position: nothing handled is lost, nothing is skipped,
+ * and what is decoded again is recognised as already in the window.
  */
 static void
-poll_stream(MemoryContext cxt)
+poll_stream(void)
 {
-	static TimestampTz failed_at = 0;
 	MemoryContext oldcxt = CurrentMemoryContext;
+	MemoryContext volatile batch_cxt = NULL;
 
-	if (failed_at != 0 &&
-		!TimestampDifferenceExceeds(failed_at, GetCurrentTimestamp(), STREAM_RETRY_MS))
+	if (stream_failed_at != 0 &&
+		!TimestampDifferenceExceeds(stream_failed_at, GetCurrentTimestamp(), STREAM_RETRY_MS))
 		return;
 
 	PG_TRY();
 	{
-		List	   *changes = NIL;
+		List	   *changes;
 		XLogRecPtr	upto;
+		int			n;
 
-		if (failed_at != 0 || !stream_opened)
+		if (!extension_present())
 		{
-			rtsub_stream_ensure_slot(rtsub_slot_name);
-			rtsub_stream_open(rtsub_slot_name);
-			stream_opened = true;
-			failed_at = 0;
+			stream_retire();
+			stream_failed_at = 0;
 		}
-		do
+		else
 		{
-			changes = NIL;
-			upto = rtsub_stream_poll(STREAM_BATCH, cxt, &changes);
-			pg_atomic_fetch_add_u64(&rtsub_shared->changes_decoded,
-									list_length(changes));
-			rtsub_evaluate_batch(changes);
-			rtsub_stream_confirm(upto);
-			pg_atomic_write_u64(&rtsub_shared->stream_read_upto, upto);
-			MemoryContextReset(cxt);
-			CHECK_FOR_INTERRUPTS();
-		} while (list_length(changes) >= STREAM_BATCH);
+			if (stream_failed_at != 0 || !stream_opened)
+			{
+				bool		created = rtsub_stream_ensure_slot(rtsub_slot_name);
+
+				rtsub_stream_open(rtsub_slot_name);
+				stream_opened = true;
+				stream_failed_at = 0;
+				if (created || !rtsub_window_is_open())
+				{
+					if (rtsub_window_is_open())
+						rtsub_engine_reset_all("epoch_changed");
+					rtsub_window_open(rtsub_slot_name, created, rtsub_stream_confirmed());
+				}
+			}
+			do
+			{
+				RtsubSegment *seg;
+
+				changes = NIL;
+				batch_cxt = AllocSetContextCreate(TopMemoryContext, "rtsub window segment",
+												  ALLOCSET_DEFAULT_SIZES);
+				upto = rtsub_stream_poll(STREAM_BATCH, batch_cxt, &changes);
+				n = list_length(changes);
+				pg_atomic_fetch_add_u64(&rtsub_shared->changes_decoded, n);
+				seg = rtsub_window_append(batch_cxt, changes);	/* takes batch_cxt */
+				batch_cxt = NULL;
+				rtsub_evaluate_segment(seg);
+				rtsub_stream_confirm(rtsub_window_checkpoint(upto, GetCurrentTimestamp()));
+				pg_atomic_write_u64(&rtsub_shared->stream_read_upto, upto);
+				pg_atomic_write_u64(&rtsub_shared->slot_confirmed, rtsub_stream_confirmed());
+				CHECK_FOR_INTERRUPTS();
+			} while (n >= STREAM_BATCH);
+		}
 	}
 	PG_CATCH();
 	{
@@ -202,13 +273,62 @@ poll_stream(MemoryContext cxt)
 		EmitErrorReport();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
+		if (batch_cxt != NULL)
+			MemoryContextDelete(batch_cxt);
 		rtsub_stream_close();
 		stream_opened = false;
-		failed_at = GetCurrentTimestamp();
+		stream_failed_at = GetCurrentTimestamp();
 		pg_atomic_fetch_add_u64(&rtsub_shared->stream_errors, 1);
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * Open the stream now if it is not open (a client subscribes right after
+ * the server started, or after CREATE EXTENSION): snapshots and resuming
+ * need the window.
+ */
+void
+rtsub_worker_open_stream_now(void)
+{
+	if (stream_opened)
+		return;
+	extension_checked_at = 0;
+	stream_failed_at = 0;
+	poll_stream();
+}
+
+/*
+ * Snapshots, catching up, the window's trimming: the engine's step, with
+ * errors contained like the stream's.  True if it has more to do now.
+ */
+static bool
+step_engine(void)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	volatile bool more = false;
+
+	PG_TRY();
+	{
+		more = rtsub_engine_step(rtsub_stream_read_upto(), GetCurrentTimestamp());
+		pg_atomic_write_u64(&rtsub_shared->window_bytes, rtsub_window_bytes());
+		pg_atomic_write_u64(&rtsub_shared->window_start, rtsub_window_start().lsn);
+		rtsub_monitor_serve();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		if (geterrcode() == ERRCODE_ADMIN_SHUTDOWN ||
+			geterrcode() == ERRCODE_QUERY_CANCELED)
+			PG_RE_THROW();
+		EmitErrorReport();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	return more;
 }
 
 /* the server worker: connect, listen, then serve until SIGTERM */
@@ -217,6 +337,7 @@ rtsub_worker_main(Datum main_arg)
 {
 	WaitEventSet *set;
 	MemoryContext iteration_cxt;
+	bool		busy = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -256,7 +377,7 @@ rtsub_worker_main(Datum main_arg)
 		MemoryContextReset(iteration_cxt);
 		MemoryContextSwitchTo(iteration_cxt);
 
-		nevents = WaitEventSetWait(set, rtsub_ws_timeout(MAX_WAIT_MS),
+		nevents = WaitEventSetWait(set, busy ? 0 : rtsub_ws_timeout(rtsub_engine_wait_ms(MAX_WAIT_MS)),
 								   events, lengthof(events), PG_WAIT_EXTENSION);
 		for (i = 0; i < nevents; i++)
 		{
@@ -272,8 +393,9 @@ rtsub_worker_main(Datum main_arg)
 			rtsub_auth_reload();	/* a key file may change behind its path */
 		}
 
-		/* committed changes, then sockets and timers, without blocking */
-		poll_stream(iteration_cxt);
+		/* committed changes, the engine, then sockets and timers, without blocking */
+		poll_stream();
+		busy = step_engine();
 		rtsub_ws_service();
 	}
 }

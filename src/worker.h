@@ -13,5 +13,6 @@
 
 extern void rtsub_worker_init(void);
 extern PGDLLEXPORT void rtsub_worker_main(Datum main_arg);
+extern void rtsub_worker_open_stream_now(void);
 
 #endif							/* RTSUB_WORKER_H */

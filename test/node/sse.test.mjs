@@ -27,6 +27,7 @@ const OTHER_ROLE = 'sse_other';      // exists, but is not among the subscriptio
 const SUB = 'sse_org_tasks';
 const ALLOWED_ORIGIN = 'http://allowed.example';   // test/cluster.conf
 const EVENT_ID = /^[0-9A-F]+\/[0-9A-F]+:\d+$/;
+const SSE_ID = /^[0-9A-F]+\/[0-9A-F]+:\d+@[0-9a-f]{16}$/;
 
 let db;
 let base;
@@ -113,7 +114,7 @@ function eventSource(url, { headers } = {}) {
   }
   const es = new EventSource(url, opts);
   sources.push(es);
-  for (const type of ['welcome', 'subscribed', 'change', 'changes', 'message', 'reset']) {
+  for (const type of ['welcome', 'subscribed', 'snapshot', 'change', 'changes', 'message', 'live', 'reset']) {
     es.addEventListener(type, (e) => box.push({ type, id: e.lastEventId, data: JSON.parse(e.data) }));
   }
   // `error` is both the server's error event (with data) and a failure
@@ -240,6 +241,7 @@ test('changes arrive with id: = event id; filters, policies, move-out as delete'
   for (const c of [alice, bob]) {
     const w = await c.next((e) => e.type === 'welcome', 5000, 'welcome');
     assert.equal(w.data.role, ROLE);
+    c.epoch = w.data.epoch;
     await c.next((e) => e.type === 'subscribed', 5000, 'subscribed');
   }
 
@@ -253,8 +255,8 @@ test('changes arrive with id: = event id; filters, policies, move-out as delete'
   assert.deepEqual(await alice.changes(300), [], 'nothing more for alice');
   assert.equal(summary(a), 'insert:1 insert:3 update:1 delete:3');
   for (const e of a) {
-    assert.match(e.id, EVENT_ID);
-    assert.equal(e.id, e.data.event, 'the SSE id is the event id');
+    assert.match(e.id, SSE_ID);
+    assert.equal(e.id, `${e.data.event}@${alice.epoch}`, 'the SSE id is the event id @ the epoch');
     assert.equal(e.data.type, 'change');
     assert.equal(e.data.id, 'sse');
     assert.ok(e.data.row.org_id === 1, 'only rows of org 1');
@@ -267,17 +269,40 @@ test('changes arrive with id: = event id; filters, policies, move-out as delete'
   bob.es.close();
 });
 
-test('includeMetadata and Last-Event-ID (accepted, not resumed)', async () => {
-  const c = await rawStream(sseUrl({ params: { org_id: 1 }, tok: await token(), extra: { includeMetadata: 'true' } }),
-    { 'Last-Event-ID': '0/0:0' });
+test('includeMetadata; Last-Event-ID resumes after that event, or is refused when malformed', async () => {
+  const url = sseUrl({ params: { org_id: 1 }, tok: await token(), extra: { includeMetadata: 'true' } });
+  const c = await rawStream(url);
   assert.equal(c.status, 200);
+  const w = await c.next((e) => e.type === 'welcome', 5000, 'welcome');
   await c.next((e) => e.type === 'subscribed', 5000, 'subscribed');
   await db.query(`INSERT INTO sse_tasks VALUES (10, 1, 'meta')`);
   const e = await c.next((x) => x.type === 'change', 5000, 'change');
   assert.equal(e.data.table, 'public.sse_tasks');
   assert.ok(Number.isInteger(e.data.xid));
-  assert.equal(e.id, e.data.event);
+  assert.equal(e.id, `${e.data.event}@${w.data.epoch}`);
   c.close();
+
+  // missed while disconnected: exactly these two, in order
+  await db.query(`INSERT INTO sse_tasks VALUES (11, 1, 'missed 1'), (12, 2, 'other org')`);
+  await db.query(`UPDATE sse_tasks SET title = 'missed 2' WHERE id = 10`);
+  const r = await rawStream(url, { 'Last-Event-ID': e.id });
+  assert.equal(r.status, 200);
+  const s = await r.next((x) => x.type === 'subscribed', 5000, 'subscribed');
+  assert.equal(s.data.resumed, true);
+  assert.equal(s.data.at, e.data.event);
+  const m1 = await r.next((x) => x.type === 'change', 5000, 'missed change 1');
+  const m2 = await r.next((x) => x.type === 'change', 5000, 'missed change 2');
+  assert.deepEqual([m1.data.op, m1.data.row.id, m2.data.op, m2.data.row.title], ['insert', 11, 'update', 'missed 2']);
+  const live = await r.next((x) => x.type === 'live', 5000, 'live');
+  assert.equal(live.id, `${live.data.at}@${w.data.epoch}`);
+  assert.deepEqual(r.items.filter((x) => x.type === 'change'), [], 'nothing twice');
+  r.close();
+
+  for (const bad of ['0/0:0', 'x@0123456789abcdef', '0/0:0@nothex0000000000']) {
+    const b = await rawStream(url, { 'Last-Event-ID': bad });
+    assert.equal(b.status, 400, bad);
+    assert.equal(b.body.error.code, 'bad_field', bad);
+  }
 });
 
 test('refusals: HTTP status and a JSON error body with the code', async () => {
