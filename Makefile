@@ -52,3 +52,7 @@ bench:
 	bash test/bench/run-eval
 demo:
 	bash test/demo
+
+# every object depends on every header of ours (PGXS tracks no header
+# dependencies unless PostgreSQL was configured with --enable-depend)
+$(OBJS): $(wildcard $(srcdir)/src/*.h)

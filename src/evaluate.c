@@ -1052,29 +1052,93 @@ write_row(RtsubSubscription *sub, RtsubWriter *w, TupleTableSlot *slot)
  * rtsub.max_change_size is reported (change_too_large) and ends the
  * subscription with a reset, never dropped silently
  */
-static void
-send_change(RtsubSubscription *sub, const RtsubChange *c, const char *op,
+/*
+ * The encoded pairs of a change event (event, op, ts, row, old, table,
+ * xid) are the same for every subscriber with the same format, columns and
+ * options: they are encoded once per change and shape, and each
+ * subscriber's message only adds its type and id.
+ */
+#define BODY_CACHE_SIZE 8
+
+typedef struct BodyShape
+{
+	RtsubFormat format;
+	bool		include_metadata;
+	const char *op;
+	TupleTableSlot *row;
+	TupleTableSlot *old;
+	int			ncols;
+	RtsubColumn *cols;
+	StringInfoData pairs;		/* the encoded pairs, a fragment */
+	int			npairs;
+} BodyShape;
+
+static RtsubPos body_pos;
+static const RtsubChange *body_change = NULL;
+static BodyShape body_shapes[BODY_CACHE_SIZE];
+static int	nbody_shapes = 0;
+static int	next_body_shape = 0;
+
+/* same columns (and so the same keys and value encodings)? */
+static bool
+same_columns(const RtsubColumn *a, int na, const RtsubColumn *b, int nb)
+{
+	if (a == b)
+		return na == nb;
+	if (na != nb)
+		return false;
+	for (int i = 0; i < na; i++)
+		if (a[i].attnum != b[i].attnum || a[i].kind != b[i].kind)
+			return false;
+	return true;
+}
+
+/* the encoded pairs of a change event for a subscription (cached) */
+static BodyShape *
+change_body(RtsubSubscription *sub, const RtsubChange *c, const char *op,
 			TupleTableSlot *row, TupleTableSlot *old)
 {
-	StringInfoData buf;
+	BodyShape  *b;
 	RtsubWriter w;
 	char		event[RTSUB_POS_TEXT_LEN];
-	bool		batched = sub->batch_size > 1;
-	int			n = batched ? 4 : 6;
+	MemoryContext oldcxt;
 
-	initStringInfo(&buf);
-	rtsub_writer_init(&w, &buf, sub->format);
-	rtsub_pos_format(rtsub_change_pos(c), event);
-	if (old != NULL)
-		n++;
-	if (sub->include_metadata)
-		n += 2;
-	w.enc->map_begin(&w, n);
-	if (!batched)
+	if (body_change != c || rtsub_pos_cmp(body_pos, rtsub_change_pos(c)) != 0)
 	{
-		rtsub_put_kv_str(&w, "type", "change");
-		rtsub_put_kv_str(&w, "id", sub->client_id);
+		body_change = c;
+		body_pos = rtsub_change_pos(c);
+		nbody_shapes = 0;
+		next_body_shape = 0;
 	}
+	for (int i = 0; i < nbody_shapes; i++)
+	{
+		b = &body_shapes[i];
+		if (b->format == sub->format && b->include_metadata == sub->include_metadata &&
+			b->op == op && b->row == row && b->old == old &&
+			same_columns(b->cols, b->ncols, sub->cols, sub->ncols))
+			return b;
+	}
+
+	/* a new shape (the oldest is replaced when the cache is full) */
+	b = &body_shapes[next_body_shape];
+	next_body_shape = (next_body_shape + 1) % BODY_CACHE_SIZE;
+	if (nbody_shapes < BODY_CACHE_SIZE)
+		nbody_shapes++;
+	oldcxt = MemoryContextSwitchTo(engine_cxt);
+	if (b->pairs.data == NULL)
+		initStringInfo(&b->pairs);
+	MemoryContextSwitchTo(oldcxt);
+	b->format = sub->format;
+	b->include_metadata = sub->include_metadata;
+	b->op = op;
+	b->row = row;
+	b->old = old;
+	b->cols = sub->cols;
+	b->ncols = sub->ncols;
+	b->npairs = 4 + (old != NULL ? 1 : 0) + (sub->include_metadata ? 2 : 0);
+
+	rtsub_fragment_begin(&w, &b->pairs, sub->format);
+	rtsub_pos_format(body_pos, event);
 	rtsub_put_kv_str(&w, "event", event);
 	rtsub_put_kv_str(&w, "op", op);
 	w.enc->key(&w, "ts", 2);
@@ -1093,7 +1157,32 @@ send_change(RtsubSubscription *sub, const RtsubChange *c, const char *op,
 		rtsub_put_kv_str(&w, "table", table);
 		w.enc->key(&w, "xid", 3);
 		w.enc->int64(&w, c->xid);
+		pfree(table);
 	}
+	return b;
+}
+
+static void
+send_change(RtsubSubscription *sub, const RtsubChange *c, const char *op,
+			TupleTableSlot *row, TupleTableSlot *old)
+{
+	StringInfoData buf;
+	RtsubWriter w;
+	char		event[RTSUB_POS_TEXT_LEN];
+	bool		batched = sub->batch_size > 1;
+	BodyShape  *body = change_body(sub, c, op, row, old);
+
+	initStringInfo(&buf);
+	enlargeStringInfo(&buf, body->pairs.len + 64 + strlen(sub->client_id));
+	rtsub_writer_init(&w, &buf, sub->format);
+	rtsub_pos_format(rtsub_change_pos(c), event);
+	w.enc->map_begin(&w, body->npairs + (batched ? 0 : 2));
+	if (!batched)
+	{
+		rtsub_put_kv_str(&w, "type", "change");
+		rtsub_put_kv_str(&w, "id", sub->client_id);
+	}
+	w.enc->fragment(&w, body->pairs.data, body->pairs.len);
 	w.enc->map_end(&w);
 	if (buf.len > rtsub_max_change_size)
 	{

@@ -133,6 +133,9 @@ struct RtsubSession
 								 * written */
 	bool		end_when_drained;	/* SSE: end the stream once the queue
 									 * is written (its subscription ended) */
+	bool		frames_raw;		/* WebSocket without extensions: queued
+								 * messages are framed here and written
+								 * several per send (see drain_frames) */
 	int			close_code;
 	char		close_reason[124];
 
@@ -691,9 +694,14 @@ enqueue(RtsubSession *s, const char *data, size_t len, int priority)
 	memcpy(item->buf + LWS_PRE, data, len);
 	dlist_push_tail(&s->queue[priority], &item->node);
 	s->queued_bytes += len;
-	s->queued_messages++;
 	s->last_sent_ms = now_unix_ms();
-	lws_callback_on_writable(s->wsi);
+	/*
+	 * ask for a writable callback when the queue stops being empty; while
+	 * it is not, one is pending (drain_queue asks again), and asking costs
+	 * an epoll_ctl
+	 */
+	if (s->queued_messages++ == 0)
+		lws_callback_on_writable(s->wsi);
 	return true;
 }
 
@@ -846,6 +854,16 @@ rtsub_session_send(RtsubSession *s, const char *data, size_t len)
 	return rtsub_session_send_priority(s, data, len, RTSUB_DEFAULT_PRIORITY);
 }
 
+/* the queued message that next_item() returns next, left in the queue */
+static SendItem *
+peek_item(RtsubSession *s)
+{
+	for (int p = RTSUB_PRIORITIES - 1; p >= 0; p--)
+		if (!dlist_is_empty(&s->queue[p]))
+			return dlist_container(SendItem, node, dlist_head_node(&s->queue[p]));
+	return NULL;
+}
+
 /* the queued message to write next (highest priority first), or NULL */
 static SendItem *
 next_item(RtsubSession *s)
@@ -958,7 +976,90 @@ drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int 
 		s->bytes_sent += item->len;
 		free(item);
 		n++;
-		if (lws_send_pipe_choked(wsi))
+		/*
+		 * lws buffers what the socket did not take (and must not be given
+		 * more then); checking that costs no syscall, unlike
+		 * lws_send_pipe_choked()'s poll()
+		 */
+		if (lws_partial_buffered(wsi))
+			break;
+	}
+	if (s->queued_messages > 0)
+		lws_callback_on_writable(wsi);
+	return 0;
+}
+
+/*
+ * Write queued messages of a WebSocket session without extensions: framed
+ * here (server frames are unmasked: FIN + opcode, the length in 1, 3 or 9
+ * bytes) and written many per lws_write as raw bytes, so that a client
+ * receiving many small messages costs one send() per up to
+ * COALESCE_BYTES instead of one per message.  Messages larger than that
+ * go through lws's own framing.  The frames of one lws_write are whole, so
+ * lws's own writes (close, ping) can only come between frames.
+ */
+#define COALESCE_BYTES (64 * 1024)
+
+static int
+drain_frames(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind)
+{
+	static unsigned char *buf = NULL;
+	int			writes = 0;
+
+	if (buf == NULL)
+	{
+		buf = malloc(LWS_PRE + COALESCE_BYTES);
+		if (buf == NULL)
+			return drain_queue(s, wsi, kind, 0);
+	}
+	while (s->queued_messages > 0 && writes < MAX_WRITES_PER_CALLBACK)
+	{
+		size_t		len = 0;
+		int			nframes = 0;
+		SendItem   *item;
+
+		while (s->queued_messages > 0 && (item = peek_item(s)) != NULL &&
+			   (nframes == 0 || len + item->len + 10 <= COALESCE_BYTES))
+		{
+			unsigned char *p;
+
+			if (item->len + 10 > COALESCE_BYTES)
+			{
+				if (nframes > 0)
+					break;		/* write what is gathered first */
+				return drain_queue(s, wsi, kind, writes);	/* a big one */
+			}
+			item = next_item(s);
+			p = buf + LWS_PRE + len;
+			*p++ = 0x80 | (kind == LWS_WRITE_BINARY ? 0x2 : 0x1);
+			if (item->len < 126)
+				*p++ = (unsigned char) item->len;
+			else
+			{
+				*p++ = 126;
+				*p++ = (unsigned char) (item->len >> 8);
+				*p++ = (unsigned char) item->len;
+			}
+			memcpy(p, item->buf + LWS_PRE, item->len);
+			len = (p + item->len) - (buf + LWS_PRE);
+			s->queued_bytes -= item->len;
+			s->queued_messages--;
+			s->messages_sent++;
+			s->bytes_sent += item->len;
+			if (rtsub_shared)
+			{
+				pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
+				pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
+			}
+			free(item);
+			nframes++;
+		}
+		if (len == 0)
+			break;
+		if (lws_write(wsi, buf + LWS_PRE, len, LWS_WRITE_RAW) < (int) len)
+			return -1;			/* the connection failed */
+		writes++;
+		if (lws_partial_buffered(wsi))
 			break;
 	}
 	if (s->queued_messages > 0)
@@ -1001,6 +1102,8 @@ on_writeable(struct lws *wsi, RtsubSession *s)
 		return 0;
 	}
 
+	if (s->frames_raw)
+		return drain_frames(s, wsi, kind);
 	return drain_queue(s, wsi, kind, n);
 }
 
@@ -1497,6 +1600,8 @@ on_established(struct lws *wsi, RtsubSession *s)
 		"rtsub.v1.msgpack" : "rtsub.v1.json";
 
 	s->established = true;
+	/* no extension was offered, so none is active: frames are plain */
+	s->frames_raw = lws_hdr_total_length(wsi, WSI_TOKEN_EXTENSIONS) <= 0;
 	dlist_push_tail(&sessions, &s->node);
 	nsessions++;
 	count(&rtsub_shared->ws_sessions_open, 1);

@@ -63,6 +63,7 @@
 static bool stream_opened = false;
 static TimestampTz stream_failed_at = 0;	/* the last stream error */
 static TimestampTz extension_checked_at = 0;
+static Oid	stream_extension = InvalidOid;	/* the extension the stream serves */
 #define MAX_WAIT_MS		1000L
 #define LOG_EVERY_NTH_FAILURE	(60 / RESTART_SECONDS)
 
@@ -159,24 +160,24 @@ start_serving(void)
 }
 
 /*
- * Is the rtsub extension installed in the server's database?  Checked at
- * most once a second; without it the server keeps no slot (DROP EXTENSION
- * must not leave one behind).
+ * The OID of the rtsub extension in the server's database (InvalidOid:
+ * not installed).  Checked at most once a second; without it the server
+ * keeps no slot (DROP EXTENSION must not leave one behind).
  */
-static bool
+static Oid
 extension_present(void)
 {
-	static bool present = false;
+	static Oid	oid = InvalidOid;
 	TimestampTz now = GetCurrentTimestamp();
 
 	if (extension_checked_at != 0 &&
 		!TimestampDifferenceExceeds(extension_checked_at, now, EXTENSION_CHECK_MS))
-		return present;
+		return oid;
 	extension_checked_at = now;
 	StartTransactionCommand();
-	present = OidIsValid(get_extension_oid("rtsub", true));
+	oid = get_extension_oid("rtsub", true);
 	CommitTransactionCommand();
-	return present;
+	return oid;
 }
 
 /* the extension is gone: drop the slot, forget the window, reset clients */
@@ -223,13 +224,18 @@ poll_stream(void)
 		XLogRecPtr	upto;
 		int			n;
 
-		if (!extension_present())
+		Oid			ext = extension_present();
+
+		if (!OidIsValid(ext) || (OidIsValid(stream_extension) && ext != stream_extension))
 		{
+			/* gone, or dropped and created again: the old stream is over */
 			stream_retire();
+			stream_extension = InvalidOid;
 			stream_failed_at = 0;
 		}
-		else
+		if (OidIsValid(ext))
 		{
+			stream_extension = ext;
 			if (stream_failed_at != 0 || !stream_opened)
 			{
 				bool		created = rtsub_stream_ensure_slot(rtsub_slot_name);

@@ -25,9 +25,12 @@ async function token(claims = {}) {
     .sign(new TextEncoder().encode(secret));
 }
 
-async function connect(format = 'json') {
+// deflate: offer permessage-deflate (then lws frames each message), or not
+// (then the server frames messages itself and writes many per send)
+async function connect(format = 'json', { deflate = true } = {}) {
   const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/ws`, `rtsub.v1.${format}`, {
     headers: { Authorization: `Bearer ${await token()}` },
+    perMessageDeflate: deflate,
   });
   clients.push(ws);
   const inbox = [];
@@ -90,10 +93,10 @@ after(async () => {
   await db.end();
 });
 
-for (const format of ['json', 'msgpack']) {
-  test(`batchSize: a transaction's events in changes messages of at most batchSize, in order (${format})`, async () => {
+for (const [format, deflate] of [['json', true], ['msgpack', true], ['json', false], ['msgpack', false]]) {
+  test(`batchSize: a transaction's events in changes messages of at most batchSize, in order (${format}, deflate ${deflate})`, async () => {
     await db.query('TRUNCATE dl_a');
-    const c = await connect(format);
+    const c = await connect(format, { deflate });
     c.send({ type: 'subscribe', id: 'b', subscription: 'dl_a_all', batchSize: 5 });
     await c.next((m) => m.type === 'subscribed', 'subscribed');
     await db.query("INSERT INTO dl_a SELECT i, 'v' || i FROM generate_series(1, 12) i");
@@ -171,12 +174,12 @@ test('SSE: batchSize gives changes events whose id is the last event\'s', async 
   ac.abort();
 });
 
-test('priority: when a connection\'s queue backs up, the higher priority subscription is written first', async () => {
+for (const deflate of [false, true]) test(`priority: when a connection's queue backs up, the higher priority subscription is written first (deflate ${deflate})`, async () => {
   await db.query("ALTER SYSTEM SET rtsub.max_send_buffer = '256MB'");
   await db.query('SELECT pg_reload_conf()');
   await sleep(300);
   await db.query('TRUNCATE dl_a, dl_b');
-  const c = await connect();
+  const c = await connect('json', { deflate });
   c.send({ type: 'subscribe', id: 'low', subscription: 'dl_a_all', priority: 0 });
   c.send({ type: 'subscribe', id: 'high', subscription: 'dl_b_all', priority: 9 });
   await c.next((m) => m.type === 'subscribed' && m.id === 'low', 'subscribed low');
@@ -194,10 +197,16 @@ test('priority: when a connection\'s queue backs up, the higher priority subscri
   }
   c.ws._socket.resume();
   const order = [];
+  const rows = { low: [], high: [] };
   while (order.length < 2400) {
     const m = await c.next((x) => x.type === 'change', `change ${order.length}`, 30000);
     order.push(m.id);
+    rows[m.id].push(m.row.id);
+    assert.equal(m.row.v.length, 20000, 'whole messages');
   }
+  const ascending = [...Array(1200).keys()].map((i) => i + 1);
+  assert.deepEqual(rows.low, ascending, 'every low-priority change once, in order');
+  assert.deepEqual(rows.high, ascending, 'every high-priority change once, in order');
   const lastHigh = order.lastIndexOf('high');
   const lastLow = order.lastIndexOf('low');
   assert.ok(lastHigh < lastLow, `all high-priority changes (last at ${lastHigh}) before the last low-priority one (${lastLow})`);
