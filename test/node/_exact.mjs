@@ -178,6 +178,9 @@ export function short(msgs) {
 export async function wsClient({ port, tok, format = 'json', maxPayload } = {}) {
   const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/ws`, `rtsub.v1.${format}`, {
     headers: { Authorization: `Bearer ${tok}` },
+    // ws offers permessage-deflate, as browsers do; RTSUB_WS_DEFLATE=0 turns
+    // it off (to tell a compression problem from others)
+    perMessageDeflate: process.env.RTSUB_WS_DEFLATE !== '0',
     ...(maxPayload ? { maxPayload } : {}),
   });
   const rec = recorder();
