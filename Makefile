@@ -14,6 +14,7 @@ OBJS = \
 	src/window.o \
 	src/snapshot.o \
 	src/monitor.o \
+	src/audit.o \
 	src/evaluate.o \
 	src/encode_json.o \
 	src/encode_msgpack.o \

@@ -867,6 +867,18 @@ LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION rtsub.wait_until_running(pg_catalog.int4) IS
 	'wait until the rtsub server listens; false after timeout_ms, or at once when the server is disabled';
 
+CREATE TABLE rtsub.audit_log (
+	id pg_catalog.int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	at pg_catalog.timestamptz NOT NULL,
+	event pg_catalog.text NOT NULL,
+	detail pg_catalog.text NOT NULL
+);
+
+COMMENT ON TABLE rtsub.audit_log IS
+	'audit trail of the rtsub server when rtsub.audit_table is on: connections accepted or refused, tokens rejected, subscribes granted or denied, slow consumers closed; event is the kind, detail the whole line (as rtsub.audit_log writes it to the server log)';
+
+CREATE INDEX audit_log_at ON rtsub.audit_log (at);
+
 CREATE FUNCTION rtsub._server_sessions()
 RETURNS pg_catalog.jsonb
 AS 'MODULE_PATHNAME', 'rtsub_server_sessions'
@@ -948,7 +960,8 @@ GRANT EXECUTE ON FUNCTION rtsub.claims(), rtsub.claim(pg_catalog.text) TO PUBLIC
 
 GRANT SELECT ON rtsub.publication, rtsub.subscription, rtsub.policy,
 	rtsub.published_tables, rtsub.subscriptions, rtsub.policies,
-	rtsub.connections, rtsub.active_subscriptions TO rtsub_admin;
+	rtsub.connections, rtsub.active_subscriptions, rtsub.audit_log TO rtsub_admin;
+GRANT DELETE ON rtsub.audit_log TO rtsub_admin;
 GRANT EXECUTE ON FUNCTION
 	rtsub.publish(pg_catalog.regclass, pg_catalog.bool, pg_catalog.bool, pg_catalog.bool),
 	rtsub.unpublish(pg_catalog.regclass, pg_catalog.bool),

@@ -50,6 +50,7 @@ int			rtsub_max_change_size = 64 * 1024 * 1024;
 int			rtsub_max_messages_per_second = 100;
 int			rtsub_heartbeat_interval = 25000;
 char	   *rtsub_allowed_origins = NULL;
+bool		rtsub_audit_table = false;
 bool		rtsub_audit_log = false;
 
 /* the algorithms rtsub.jwt_algorithms may name */
@@ -404,6 +405,13 @@ rtsub_define_settings(void)
 							64 * 1024 * 1024, 1024, 1024 * 1024 * 1024,
 							PGC_SIGHUP, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
+	DefineCustomBoolVariable("rtsub.audit_table",
+							 "Records every connection, authentication failure and subscription of the rtsub server in the table rtsub.audit_log.",
+							 "Rows are written by the server a batch at a time; see also rtsub.audit_log.",
+							 &rtsub_audit_table,
+							 false,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
 	DefineCustomBoolVariable("rtsub.audit_log",
 							 "Logs every connection, authentication failure and subscription of the rtsub server.",
 							 NULL,

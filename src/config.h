@@ -44,6 +44,7 @@ extern int	rtsub_max_messages_per_second;	/* per connection; 0 = no limit */
 extern int	rtsub_heartbeat_interval;	/* milliseconds; 0 = none */
 extern char *rtsub_allowed_origins;
 extern bool rtsub_audit_log;
+extern bool rtsub_audit_table;
 
 /* exactness: resume window, snapshots, large changes */
 extern int	rtsub_resume_window;	/* seconds */

@@ -124,6 +124,7 @@ struct RtsubSubscription
 	StringInfoData batch;		/* encoded change bodies waiting */
 	int			nbatch;
 	TimestampTz batch_deadline;	/* when the waiting batch goes out */
+	TimestampTz batch_commit_time;	/* of its first change */
 	ExprState  *filter;			/* NULL: every row */
 	List	   *permissive;		/* ExprState *, policies for the role */
 	List	   *restrictive;
@@ -713,7 +714,9 @@ flush_batch(RtsubSubscription *sub)
 	appendBinaryStringInfo(&msg, sub->batch.data, sub->batch.len);
 	w.enc->array_end(&w);
 	w.enc->map_end(&w);
+	rtsub_session_event_time(sub->batch_commit_time);
 	rtsub_session_send_priority(sub->session, msg.data, msg.len, sub->priority);
+	rtsub_session_event_time(0);
 	pfree(msg.data);
 	resetStringInfo(&sub->batch);
 	sub->nbatch = 0;
@@ -1206,7 +1209,9 @@ send_change(RtsubSubscription *sub, const RtsubChange *c, const char *op,
 		pg_atomic_fetch_add_u64(&rtsub_shared->changes_delivered, 1);
 	if (!batched)
 	{
+		rtsub_session_event_time(c->commit_time);
 		sub_send(sub, &buf);
+		rtsub_session_event_time(0);
 		return;
 	}
 
@@ -1219,6 +1224,7 @@ send_change(RtsubSubscription *sub, const RtsubChange *c, const char *op,
 	{
 		MemoryContext oldcxt = MemoryContextSwitchTo(engine_cxt);
 
+		sub->batch_commit_time = c->commit_time;
 		sub->batch_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														  sub->throttle_ms);
 		batching = lappend(batching, sub);

@@ -60,6 +60,7 @@
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
+#include "audit.h"
 #include "auth_jwt.h"
 #include "config.h"
 #include "protocol.h"
@@ -99,6 +100,7 @@
 typedef struct SendItem
 {
 	dlist_node	node;
+	TimestampTz commit_time;	/* of the change it carries, or 0 */
 	size_t		len;
 	unsigned char buf[FLEXIBLE_ARRAY_MEMBER];	/* LWS_PRE + len bytes */
 } SendItem;
@@ -184,6 +186,7 @@ typedef struct WsPss
 
 static dlist_head sessions = DLIST_STATIC_INIT(sessions);
 static uint64 session_serial = 0;	/* ids of sessions, for rtsub.connections */
+static TimestampTz event_commit_time = 0;	/* see rtsub_session_event_time */
 static int	nsessions = 0;			/* established sessions */
 static MemoryContext scratch_cxt = NULL;
 static lws_sorted_usec_list_t tick_sul;
@@ -234,12 +237,15 @@ audit(const char *fmt,...)
 	char		buf[1024];
 	va_list		ap;
 
-	if (!rtsub_audit_log)
+	if (!rtsub_audit_log && !rtsub_audit_table)
 		return;
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	ereport(LOG, (errmsg_internal("rtsub: %s", buf), errhidestmt(true)));
+	if (rtsub_audit_log)
+		ereport(LOG, (errmsg_internal("rtsub: %s", buf), errhidestmt(true)));
+	if (rtsub_audit_table)
+		rtsub_audit_record(buf);
 }
 
 /* count in a shared counter */
@@ -674,8 +680,12 @@ enqueue(RtsubSession *s, const char *data, size_t len, int priority)
 
 	if (s == NULL || s->closing || s->wsi == NULL)
 		return false;
-	if (s->queued_bytes > 0 &&
-		s->queued_bytes + len > (size_t) rtsub_max_send_buffer)
+	/*
+	 * the queue may pass the limit by one message (a large change is
+	 * queued whole); a message that finds it already past the limit means
+	 * the client does not keep up
+	 */
+	if (s->queued_bytes > (size_t) rtsub_max_send_buffer)
 	{
 		count(&rtsub_shared->ws_slow_consumers, 1);
 		audit("slow consumer closed: %s (role %s%s): more than %d bytes queued",
@@ -691,6 +701,7 @@ enqueue(RtsubSession *s, const char *data, size_t len, int priority)
 		return false;
 	}
 	item->len = len;
+	item->commit_time = event_commit_time;
 	memcpy(item->buf + LWS_PRE, data, len);
 	dlist_push_tail(&s->queue[priority], &item->node);
 	s->queued_bytes += len;
@@ -974,6 +985,8 @@ drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int 
 		}
 		s->messages_sent++;
 		s->bytes_sent += item->len;
+		if (item->commit_time != 0)
+			rtsub_observe_latency(item->commit_time, GetCurrentTimestamp());
 		free(item);
 		n++;
 		/*
@@ -1017,6 +1030,8 @@ drain_frames(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind)
 		size_t		len = 0;
 		int			nframes = 0;
 		SendItem   *item;
+		int			ncommits = 0;
+		TimestampTz commit_times[COALESCE_BYTES / 2];	/* frames are >= 2 bytes */
 
 		while (s->queued_messages > 0 && (item = peek_item(s)) != NULL &&
 			   (nframes == 0 || len + item->len + 10 <= COALESCE_BYTES))
@@ -1051,6 +1066,8 @@ drain_frames(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind)
 				pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
 				pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
 			}
+			if (item->commit_time != 0)
+				commit_times[ncommits++] = item->commit_time;
 			free(item);
 			nframes++;
 		}
@@ -1058,6 +1075,13 @@ drain_frames(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind)
 			break;
 		if (lws_write(wsi, buf + LWS_PRE, len, LWS_WRITE_RAW) < (int) len)
 			return -1;			/* the connection failed */
+		if (ncommits > 0)
+		{
+			TimestampTz now = GetCurrentTimestamp();
+
+			for (int i = 0; i < ncommits; i++)
+				rtsub_observe_latency(commit_times[i], now);
+		}
 		writes++;
 		if (lws_partial_buffered(wsi))
 			break;
@@ -2398,4 +2422,15 @@ rtsub_sessions_describe(StringInfo out)
 		appendStringInfoString(out, "]}");
 	}
 	appendStringInfoChar(out, ']');
+}
+
+/*
+ * The commit time of the change the next messages carry (0: none), for the
+ * commit-to-send latency histogram; set by the engine around sending a
+ * change
+ */
+void
+rtsub_session_event_time(TimestampTz commit_time)
+{
+	event_commit_time = commit_time;
 }

@@ -33,9 +33,9 @@ typedef struct RtsubClientIdentity
 /* ---- provided by ws_server.c, called by evaluate.c ---- */
 
 /* queue one complete message for the client (copied); false if the
- * session is closing or its send queue is over rtsub.max_send_buffer, in
- * which case the session closes itself with 4009 (one message larger than
- * the limit is accepted into an empty queue) */
+ * session is closing or its send queue is already over
+ * rtsub.max_send_buffer, in which case the session closes itself with 4009
+ * (so a queue passes the limit by at most one message) */
 extern bool rtsub_session_send(RtsubSession *session, const char *data, size_t len);
 
 /* subscribe's priority: 0-9, higher is written first when messages queue up */
@@ -45,6 +45,9 @@ extern bool rtsub_session_send(RtsubSession *session, const char *data, size_t l
 /* rtsub_session_send() at a priority (a subscription's) */
 extern bool rtsub_session_send_priority(RtsubSession *session, const char *data,
 										size_t len, int priority);
+
+/* the commit time of the change the next messages carry (0: none) */
+extern void rtsub_session_event_time(TimestampTz commit_time);
 
 /* the session's wire format */
 extern RtsubFormat rtsub_session_format(RtsubSession *session);

@@ -106,6 +106,9 @@ rtsub_shmem_startup(void)
 		pg_atomic_init_u64(&rtsub_shared->snapshots_started, 0);
 		pg_atomic_init_u64(&rtsub_shared->resets_sent, 0);
 		ConditionVariableInit(&rtsub_shared->dump_cv);
+		for (int i = 0; i <= RTSUB_LATENCY_NBUCKETS; i++)
+			pg_atomic_init_u64(&rtsub_shared->latency_bucket[i], 0);
+		pg_atomic_init_u64(&rtsub_shared->latency_sum_us, 0);
 		pg_atomic_init_u64(&rtsub_shared->ws_sessions_accepted, 0);
 		pg_atomic_init_u64(&rtsub_shared->ws_sessions_refused, 0);
 		pg_atomic_init_u64(&rtsub_shared->ws_sessions_open, 0);
@@ -298,4 +301,23 @@ rtsub_wait_until_running(PG_FUNCTION_ARGS)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
+}
+
+/* count one change message written: commit_time to now, in the histogram */
+void
+rtsub_observe_latency(TimestampTz commit_time, TimestampTz now)
+{
+	static const double bounds[] = RTSUB_LATENCY_BUCKETS_MS;
+	int64		us = now - commit_time;
+	int			i;
+
+	if (rtsub_shared == NULL || commit_time == 0)
+		return;
+	if (us < 0)
+		us = 0;
+	for (i = 0; i < RTSUB_LATENCY_NBUCKETS; i++)
+		if (us <= bounds[i] * 1000)
+			break;
+	pg_atomic_fetch_add_u64(&rtsub_shared->latency_bucket[i], 1);
+	pg_atomic_fetch_add_u64(&rtsub_shared->latency_sum_us, (uint64) us);
 }

@@ -18,6 +18,10 @@
 #include "storage/latch.h"
 #include "storage/spin.h"
 
+/* upper bounds (ms) of the commit-to-send latency histogram's buckets */
+#define RTSUB_LATENCY_BUCKETS_MS {0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000}
+#define RTSUB_LATENCY_NBUCKETS 11
+
 /* hex digits of RtsubShared.epoch */
 #define RTSUB_EPOCH_LEN		16
 
@@ -55,6 +59,14 @@ typedef struct RtsubShared
 	pg_atomic_uint64 slot_confirmed;	/* LSN the slot is confirmed up to */
 	pg_atomic_uint64 snapshots_started;
 	pg_atomic_uint64 resets_sent;
+
+	/*
+	 * commit -> written to the client's socket, for change messages: a
+	 * histogram (cumulative counts per bucket of RTSUB_LATENCY_BUCKETS_MS,
+	 * the last one +Inf) and the sum in microseconds
+	 */
+	pg_atomic_uint64 latency_bucket[RTSUB_LATENCY_NBUCKETS + 1];
+	pg_atomic_uint64 latency_sum_us;
 
 	/* WebSocket sessions (ws_server.c) */
 	pg_atomic_uint64 ws_sessions_accepted;	/* upgrades accepted */
@@ -94,5 +106,6 @@ extern const char *rtsub_server_state_name(RtsubServerState state);
 extern void rtsub_shared_set_state(RtsubServerState state, int port);
 extern void rtsub_shmem_install_commit_wakeup(void);
 extern void rtsub_new_epoch(char *epoch);
+extern void rtsub_observe_latency(TimestampTz commit_time, TimestampTz now);
 
 #endif							/* RTSUB_SHMEM_H */

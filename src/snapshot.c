@@ -54,6 +54,7 @@
 #define KEY_REQUEST			1
 #define KEY_QUEUE			2
 #define NSTRINGS			5
+#define FORWARD_BYTES_PER_POLL	(2 * 1024 * 1024)
 
 /* the request as laid out in shared memory */
 typedef struct SharedRequest
@@ -124,8 +125,25 @@ rtsub_snapshot_request(RtsubSubscription *sub, const RtsubSnapshotRequest *req)
 }
 
 /* start a waiting reader's worker; false if no worker slot is free */
+static bool start_reader_in_context(RtsubSnapshotReader *r);
+
 static bool
 start_reader(RtsubSnapshotReader *r)
+{
+	/*
+	 * the handles below (the worker's, the queue's) live as long as the
+	 * reader, across iterations of the server's loop
+	 */
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	bool		ok = start_reader_in_context(r);
+
+	MemoryContextSwitchTo(oldcxt);
+	return ok;
+}
+
+/* start_reader's work, in TopMemoryContext */
+static bool
+start_reader_in_context(RtsubSnapshotReader *r)
 {
 	Size		size;
 	shm_toc_estimator e;
@@ -271,9 +289,11 @@ rtsub_snapshots_poll(void)
 	dlist_foreach_modify(it, &running)
 	{
 		RtsubSnapshotReader *r = dlist_container(RtsubSnapshotReader, node, it.cur);
+		Size		forwarded = 0;
 		int			n;
 
-		for (n = 0; n < 64; n++)
+		/* a bounded share per loop iteration: other clients are not stalled */
+		for (n = 0; n < 64 && forwarded < FORWARD_BYTES_PER_POLL; n++)
 		{
 			Size		len;
 			void	   *data;
@@ -290,9 +310,10 @@ rtsub_snapshots_poll(void)
 										 "the snapshot worker exited before the snapshot was complete");
 				break;
 			}
+			forwarded += len;
 			if (!dispatch(r, data, len))
 				break;
-			if (n == 63)
+			if (n == 63 || forwarded >= FORWARD_BYTES_PER_POLL)
 				more = true;
 		}
 	}

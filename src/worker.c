@@ -45,6 +45,7 @@
 #include "commands/extension.h"
 #include "utils/timestamp.h"
 
+#include "audit.h"
 #include "config.h"
 #include "auth_jwt.h"
 #include "evaluate.h"
@@ -321,6 +322,7 @@ step_engine(void)
 		pg_atomic_write_u64(&rtsub_shared->window_bytes, rtsub_window_bytes());
 		pg_atomic_write_u64(&rtsub_shared->window_start, rtsub_window_start().lsn);
 		rtsub_monitor_serve();
+		rtsub_audit_flush();
 	}
 	PG_CATCH();
 	{

@@ -672,6 +672,27 @@ metrics_body(StringInfo buf)
 			   "WAL flushed but not yet decoded by the server.",
 			   (upto != InvalidXLogRecPtr && flush > upto) ? flush - upto : 0);
 	}
+	{
+		static const double bounds[] = RTSUB_LATENCY_BUCKETS_MS;
+		uint64		cumulative = 0;
+
+		appendStringInfoString(buf,
+							   "# HELP rtsub_commit_to_send_seconds Time from a transaction's commit to the server writing its change to a client's socket.\n"
+							   "# TYPE rtsub_commit_to_send_seconds histogram\n");
+		for (int i = 0; i <= RTSUB_LATENCY_NBUCKETS; i++)
+		{
+			cumulative += pg_atomic_read_u64(&rtsub_shared->latency_bucket[i]);
+			if (i < RTSUB_LATENCY_NBUCKETS)
+				appendStringInfo(buf, "rtsub_commit_to_send_seconds_bucket{le=\"%g\"} " UINT64_FORMAT "\n",
+								 bounds[i] / 1000.0, cumulative);
+			else
+				appendStringInfo(buf, "rtsub_commit_to_send_seconds_bucket{le=\"+Inf\"} " UINT64_FORMAT "\n",
+								 cumulative);
+		}
+		appendStringInfo(buf, "rtsub_commit_to_send_seconds_sum %.6f\n"
+						 "rtsub_commit_to_send_seconds_count " UINT64_FORMAT "\n",
+						 pg_atomic_read_u64(&rtsub_shared->latency_sum_us) / 1e6, cumulative);
+	}
 }
 
 /* answer one HTTP request; errors become a 500 response */

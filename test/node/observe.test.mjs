@@ -161,3 +161,33 @@ test('the views and stats are for rtsub_admin, not PUBLIC', async () => {
   await assert.rejects(db.query(`SET ROLE ${ROLE}; SELECT * FROM rtsub.stats()`), /permission denied/);
   await db.query('RESET ROLE');
 });
+
+test('rtsub.audit_table records connections and subscribes in rtsub.audit_log', async () => {
+  await db.query('ALTER SYSTEM SET rtsub.audit_table = on');
+  await db.query('SELECT pg_reload_conf()');
+  try {
+    await sleep(300);
+    const t0 = (await db.query('SELECT now() AS t')).rows[0].t;
+    // refused at the handshake: a malformed token
+    const bad = new WebSocket(`ws://127.0.0.1:${port}/v1/ws`, 'rtsub.v1.json', { headers: { Authorization: 'Bearer abc' } });
+    await new Promise((r) => { bad.on('error', r); bad.on('close', r); });
+    const c = await connect({ sub: 'dave' });
+    c.send({ type: 'subscribe', id: 'ok', subscription: 'obs_all' });
+    await c.next((m) => m.type === 'subscribed', 'subscribed');
+    c.send({ type: 'subscribe', id: 'no', subscription: 'obs_never_defined' });
+    await c.next((m) => m.type === 'error', 'error');
+    c.ws.close();
+    const rows = await until(async () => {
+      const r = (await db.query('SELECT event, detail FROM rtsub.audit_log WHERE at >= $1 ORDER BY id', [t0])).rows;
+      return r.length >= 4 ? r : null;
+    }, 5000, 'four audit rows');
+    const events = rows.map((r) => r.event);
+    assert.deepEqual(events.slice(0, 4), ['connection refused', 'connection accepted', 'subscribe granted', 'subscribe denied']);
+    assert.match(rows[0].detail, /401 token_malformed/);
+    assert.match(rows[2].detail, /"obs_all" id "ok"/);
+    assert.match(rows[3].detail, /"obs_never_defined" id "no": unknown_subscription/);
+  } finally {
+    await db.query('ALTER SYSTEM RESET rtsub.audit_table');
+    await db.query('SELECT pg_reload_conf()');
+  }
+});
