@@ -167,7 +167,7 @@ function recorder() {
 }
 
 export function short(msgs) {
-  const s = JSON.stringify(msgs, (k, v) => (typeof v === 'string' && v.length > 80 ? `${v.slice(0, 40)}...(${v.length})` : v));
+  const s = JSON.stringify(msgs, (k, v) => (typeof v === 'string' && v.length > 80 ? `${v.slice(0, 40)}...(${v.length})` : v)) ?? String(msgs);
   return s.length > 3000 ? `${s.slice(0, 3000)}...` : s;
 }
 

@@ -96,7 +96,9 @@ test('a WebSocket client that stops reading is closed 4009 slow_consumer; a fast
     const all = await seqsOf(1, start);
     assert.equal(all.length, N);
     // the fast client was not affected: every change, in order, connection open
-    await until(() => fast.events.length >= N, `the fast client's ${N} changes (has ${fast.events.length})`, 120000, 100);
+    await until(() => fast.events.length >= N,
+      () => `the fast client's ${N} changes (has ${fast.events.length}; close ${JSON.stringify(fast.client.closeInfo)}; ` +
+        `problems ${fast.problems.slice(0, 3)})`, 120000, 100);
     assert.equal(fast.client.isClosed, false, `the fast client stays connected: ${JSON.stringify(fast.client.closeInfo)}`);
     assertExact(normalize(fast), all, 'the fast client');
     assert.deepEqual(fast.events.map((e) => e.row.seq), all, 'the fast client: in commit order');

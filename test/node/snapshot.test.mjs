@@ -111,7 +111,7 @@ function replay(s) {
   const what = `${s.kind} #${s.n} (g=${s.g} hide=${s.hide} chunkRows=${s.chunkRows} chunkBytes=${s.chunkBytes})`;
   const log = s.client.log;
   const welcomes = log.filter((m) => m.type === 'welcome');
-  assert.equal(welcomes.length, s.kind.startsWith('sse') ? 1 : 0, `${what}: one welcome, no reconnect`);
+  assert.equal(welcomes.length, 1, `${what}: one welcome, no reconnect`);
   const msgs = log.filter((m) => m.type !== 'welcome' && m.type !== 'heartbeat' && (m.id === s.id || m.ref === s.id));
   assert.ok(msgs.length > 0, `${what}: messages arrived`);
   let i = 0;
