@@ -41,6 +41,7 @@ before(async () => {
   await settings(db, { 'rtsub.resume_window': null, 'rtsub.resume_window_size': null });
   await db.query('DROP TABLE IF EXISTS res_log CASCADE');
   await db.query('CREATE TABLE res_log (seq bigserial PRIMARY KEY, g int NOT NULL, pad text)');
+  await db.query("INSERT INTO res_log (g, pad) SELECT 1 + i % 2, 'before' FROM generate_series(1, 600) i");
   await db.query(`GRANT SELECT ON res_log TO ${ROLE}`);
   await db.query("SELECT rtsub.publish('res_log')");
   await db.query(`SELECT rtsub.create_subscription('${SUB}', 'res_log',
