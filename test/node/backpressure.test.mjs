@@ -121,6 +121,31 @@ test('a WebSocket client that stops reading is closed 4009 slow_consumer; a fast
   }
 });
 
+test('a client that keeps reading is not closed by one transaction larger than rtsub.max_send_buffer', async () => {
+  // a burst is not a slow consumer: the server must let the socket drain
+  // while it decodes a big transaction, not queue all of it first
+  await settings(db, { 'rtsub.max_send_buffer': '4MB' });
+  try {
+    const start = await maxSeq();
+    const tok = await token(srv.secret, { sub: 'burst' });
+    const r = new Resumer({ kind: 'ws-json', port: srv.port, base: srv.base, tok, subscription: 'exact_bp', params: { g: 5 } });
+    assert.equal((await r.open()).type, 'subscribed');
+    clients.push(r.client);
+    // one transaction of 10,000 rows of 2 kB: about 20 MB of changes
+    await db.query(`INSERT INTO bp_log (g, pad) SELECT 5, left(repeat(md5(i::text), 64), 2000)
+                    FROM generate_series(1, 10000) i`);
+    const all = await seqsOf(5, start);
+    await until(() => r.events.length >= all.length || r.client.isClosed,
+      () => `the 10,000 changes (${r.events.length})`, 120000, 100);
+    assert.equal(r.client.isClosed, false, `a reading client stays connected: ${JSON.stringify(r.client.closeInfo)} ` +
+      `after ${r.events.length} changes`);
+    assertExact(normalize(r), all, 'the burst');
+    r.drop();
+  } finally {
+    await settings(db, { 'rtsub.max_send_buffer': null });
+  }
+});
+
 test('an SSE stream that is not read ends with error slow_consumer; Last-Event-ID resumes it', async (t) => {
   await settings(db, { 'rtsub.max_send_buffer': '4MB' });
   try {
