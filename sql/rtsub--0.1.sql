@@ -907,15 +907,17 @@ CREATE VIEW rtsub.active_subscriptions AS
 SELECT (c ->> 'id')::pg_catalog.int8 AS connection_id,
 	s.id, s.subscription, s.table_oid::pg_catalog.regclass AS "table",
 	c ->> 'role' AS role, c ->> 'user' AS "user",
-	s.state, s.position::pg_catalog.text AS position, s.messages_sent
+	s.state, s.position::pg_catalog.text AS position, s.messages_sent,
+	s.memory_bytes
 FROM pg_catalog.jsonb_array_elements(rtsub._server_sessions()) AS c,
 	pg_catalog.jsonb_to_recordset(c -> 'subs') AS s(
 		id pg_catalog.text, subscription pg_catalog.text,
 		table_oid pg_catalog.oid, state pg_catalog.text,
-		position pg_catalog.text, messages_sent pg_catalog.int8);
+		position pg_catalog.text, messages_sent pg_catalog.int8,
+		memory_bytes pg_catalog.int8);
 
 COMMENT ON VIEW rtsub.active_subscriptions IS
-	'subscriptions clients of the rtsub server have open: connection, client id, definition, table, state (snapshot, catching_up, live, failed, ended), position in the stream, change messages sent';
+	'subscriptions clients of the rtsub server have open: connection, client id, definition, table, state (snapshot, catching_up, live, failed, ended), position in the stream, change messages sent, memory of its compiled state';
 
 CREATE FUNCTION rtsub.stats(
 	OUT changes_decoded pg_catalog.int8, OUT changes_evaluated pg_catalog.int8,

@@ -39,6 +39,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "common/hashfn.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "access/xlog.h"
@@ -118,6 +119,7 @@ struct RtsubSubscription
 	TupleDesc	checked_desc;	/* last change descriptor found compatible */
 	uint64		messages_sent;	/* change messages queued for the client */
 	char	   *relname;		/* the table's name when opened */
+	MemoryContext open_scratch; /* open_in_transaction's, until it is done */
 	int			priority;		/* of its messages at the session (0-9) */
 	int			batch_size;		/* events per `changes` message; 1: `change` */
 	int			throttle_ms;	/* how long a batch may wait */
@@ -143,6 +145,31 @@ typedef struct RelSubs
 	Oid			relid;			/* hash key */
 	List	   *subs;			/* RtsubSubscription * */
 } RelSubs;
+
+/* shared column descriptions (see build_columns) */
+typedef struct ColumnsEntry
+{
+	char	   *key;			/* hash key: table, format, columns */
+	RtsubColumn *cols;
+	int			ncols;
+} ColumnsEntry;
+
+static HTAB *columns_cache = NULL;
+
+/* hash and compare of keys that are pointers to C strings */
+static uint32
+string_hash_ptr(const void *key, Size keysize)
+{
+	const char *s = *(char *const *) key;
+
+	return string_hash(s, strlen(s) + 1);
+}
+
+static int
+string_match_ptr(const void *a, const void *b, Size keysize)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
 
 static HTAB *subs_by_rel = NULL;
 static MemoryContext engine_cxt = NULL;
@@ -271,11 +298,22 @@ fold_claims(Node *node, ClaimsContext *cc)
 static ExprState *
 compile_tree(Node *expr, ClaimsContext *cc)
 {
+	MemoryContext target = CurrentMemoryContext;
+	MemoryContext scratch = AllocSetContextCreate(target, "rtsub compile",
+												  ALLOCSET_DEFAULT_SIZES);
+	ExprState  *state;
+
+	/* folding and planning leave garbage: only the result is kept */
+	MemoryContextSwitchTo(scratch);
 	expr = fold_claims(expr, cc);
 	expr = (Node *) expression_planner((Expr *) expr);
 	expr = fold_claims(expr, cc);
 	expr = (Node *) expression_planner((Expr *) expr);
-	return ExecInitExpr((Expr *) expr, NULL);
+	MemoryContextSwitchTo(target);
+	expr = copyObject(expr);
+	MemoryContextDelete(scratch);
+	state = ExecInitExpr((Expr *) expr, NULL);
+	return state;
 }
 
 /* analyze, fold claims, plan and compile one expression */
@@ -283,10 +321,18 @@ static ExprState *
 compile_expression(Relation rel, const char *source, RtsubExprKind kind,
 				   int nparams, char **names, Oid *types, ClaimsContext *cc)
 {
-	Node	   *expr = rtsub_parse_row_expression(rel, source, kind, nparams,
-												  names, types);
+	MemoryContext target = CurrentMemoryContext;
+	MemoryContext scratch = AllocSetContextCreate(target, "rtsub parse",
+												  ALLOCSET_DEFAULT_SIZES);
+	Node	   *expr;
+	ExprState  *state;
 
-	return compile_tree(expr, cc);
+	MemoryContextSwitchTo(scratch);
+	expr = rtsub_parse_row_expression(rel, source, kind, nparams, names, types);
+	MemoryContextSwitchTo(target);
+	state = compile_tree(copyObject(expr), cc);
+	MemoryContextDelete(scratch);
+	return state;
 }
 
 /* the Vars an expression uses must be columns the role may SELECT */
@@ -398,21 +444,67 @@ build_columns(RtsubSubscription *sub, Relation rel, Bitmapset *sent,
 			  RtsubFormat format)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
+	StringInfoData key;
+	ColumnsEntry *entry;
+	bool		found;
 	int			i;
 
-	sub->cols = palloc0(sizeof(RtsubColumn) * Max(desc->natts, 1));
-	sub->ncols = 0;
+	/*
+	 * Subscriptions of one table with the same columns share one
+	 * description (output functions, encoded keys): the key names the
+	 * table, the format and every sent column with its name and type, so a
+	 * changed table gets a new entry.
+	 */
+	initStringInfo(&key);
+	appendStringInfo(&key, "%u/%d", RelationGetRelid(rel), (int) format);
 	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
 		if (att->attisdropped || !bms_is_member(att->attnum, sent))
 			continue;
-		sub->cols[sub->ncols].attnum = att->attnum;
-		rtsub_column_init(&sub->cols[sub->ncols], NameStr(att->attname),
-						  att->atttypid, format, sub->cxt);
-		sub->ncols++;
+		appendStringInfo(&key, "/%d:%u:%s", att->attnum, att->atttypid,
+						 NameStr(att->attname));
 	}
+	if (columns_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(char *);
+		ctl.entrysize = sizeof(ColumnsEntry);
+		ctl.hash = string_hash_ptr;
+		ctl.match = string_match_ptr;
+		ctl.hcxt = engine_cxt;
+		columns_cache = hash_create("rtsub column descriptions", 64, &ctl,
+									HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	}
+	entry = hash_search(columns_cache, &key.data, HASH_FIND, &found);
+	if (entry == NULL)
+	{
+		char	   *stored = MemoryContextStrdup(engine_cxt, key.data);
+		RtsubColumn *cols = MemoryContextAllocZero(engine_cxt,
+												   sizeof(RtsubColumn) * Max(desc->natts, 1));
+		int			n = 0;
+
+		for (i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+
+			if (att->attisdropped || !bms_is_member(att->attnum, sent))
+				continue;
+			cols[n].attnum = att->attnum;
+			rtsub_column_init(&cols[n], NameStr(att->attname), att->atttypid,
+							  format, engine_cxt);
+			n++;
+		}
+		entry = hash_search(columns_cache, &stored, HASH_ENTER, &found);
+		entry->cols = cols;
+		entry->ncols = n;
+	}
+	sub->cols = entry->cols;
+	sub->ncols = entry->ncols;
+	pfree(key.data);
 }
 
 /*
@@ -488,6 +580,17 @@ open_in_transaction(const RtsubClientIdentity *who,
 	ClaimsContext cc;
 	int			i;
 	Oid			claim_args[1] = {TEXTOID};
+	MemoryContext scratch;
+	MemoryContext old;
+
+	/*
+	 * Lookups, parse trees and planner garbage go to a scratch context (the
+	 * caller deletes it); what the subscription keeps is allocated in
+	 * sub->cxt explicitly.  Thousands of subscriptions make this matter.
+	 */
+	scratch = AllocSetContextCreate(sub->cxt, "rtsub open", ALLOCSET_DEFAULT_SIZES);
+	sub->open_scratch = scratch;
+	MemoryContextSwitchTo(scratch);
 
 	sub->roleid = get_role_oid(who->role, true);
 	if (!OidIsValid(sub->roleid))
@@ -499,8 +602,8 @@ open_in_transaction(const RtsubClientIdentity *who,
 							  "FROM rtsub.subscription WHERE name = $1",
 							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read rtsub.subscription");
-	/* SPI leaves its own (short-lived) context current: compile into ours */
-	MemoryContextSwitchTo(sub->cxt);
+	/* SPI leaves its own (short-lived) context current */
+	MemoryContextSwitchTo(scratch);
 	if (SPI_processed == 0)
 		OPEN_FAIL("unknown_subscription", "No subscription is named \"%s\".",
 				  msg->subscription);
@@ -589,7 +692,9 @@ open_in_transaction(const RtsubClientIdentity *who,
 	}
 
 	/* parameters and claims */
+	old = MemoryContextSwitchTo(sub->cxt);
 	code = bind_params(sub, msg->params_json, nparams, pnames, ptypes, detail);
+	MemoryContextSwitchTo(old);
 	if (code)
 		goto fail;
 	cc.claims_json = who->claims_json;
@@ -609,8 +714,10 @@ open_in_transaction(const RtsubClientIdentity *who,
 		if (!uses_only_permitted(expr, permitted))
 			OPEN_FAIL("forbidden", "The filter of \"%s\" reads columns role \"%s\" may not read.",
 					  msg->subscription, who->role);
+		old = MemoryContextSwitchTo(sub->cxt);
 		sub->filter = compile_expression(rel, filter, RTSUB_EXPR_FILTER,
 										 nparams, pnames, ptypes, &cc);
+		MemoryContextSwitchTo(old);
 	}
 
 	/* the policies that apply to the role */
@@ -620,7 +727,7 @@ open_in_transaction(const RtsubClientIdentity *who,
 							  "WHERE relid = $1 ORDER BY name",
 							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read rtsub.policy");
-	MemoryContextSwitchTo(sub->cxt);
+	MemoryContextSwitchTo(scratch);
 	for (i = 0; i < (int) SPI_processed; i++)
 	{
 		HeapTuple	ptup = SPI_tuptable->vals[i];
@@ -633,6 +740,7 @@ open_in_transaction(const RtsubClientIdentity *who,
 		if (!role_in(sub->roleid, roles, isnull))
 			continue;
 		permissive = DatumGetBool(SPI_getbinval(ptup, pdesc, 3, &isnull));
+		old = MemoryContextSwitchTo(sub->cxt);
 		state = compile_expression(rel, using_expr, RTSUB_EXPR_POLICY, 0,
 								   NULL, NULL, &cc);
 		sub->has_policies = true;
@@ -640,6 +748,7 @@ open_in_transaction(const RtsubClientIdentity *who,
 			sub->permissive = lappend(sub->permissive, state);
 		else
 			sub->restrictive = lappend(sub->restrictive, state);
+		MemoryContextSwitchTo(old);
 	}
 
 	/* the table's own row-level security, when published with native_rls */
@@ -648,23 +757,27 @@ open_in_transaction(const RtsubClientIdentity *who,
 	if (SPI_execute_with_args("SELECT native_rls FROM rtsub.publication WHERE relid = $1",
 							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read rtsub.publication");
-	MemoryContextSwitchTo(sub->cxt);
+	MemoryContextSwitchTo(scratch);
 	if (SPI_processed == 1 &&
 		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) &&
 		check_enable_rls(sub->relid, sub->roleid, true) == RLS_ENABLED)
 	{
+		old = MemoryContextSwitchTo(sub->cxt);
 		code = compile_native_rls(sub, rel, &cc, detail);
+		MemoryContextSwitchTo(old);
 		if (code)
 			goto fail;
 	}
 
+	old = MemoryContextSwitchTo(sub->cxt);
 	build_columns(sub, rel, sent, sub->format);
+	MemoryContextSwitchTo(old);
 	sub->relname = MemoryContextStrdup(sub->cxt, RelationGetRelationName(rel));
 	{
 		TupleDesc	desc = RelationGetDescr(rel);
 
 		sub->natts = desc->natts;
-		sub->atttypes = palloc(sizeof(Oid) * Max(desc->natts, 1));
+		sub->atttypes = MemoryContextAlloc(sub->cxt, sizeof(Oid) * Max(desc->natts, 1));
 		for (i = 0; i < desc->natts; i++)
 			sub->atttypes[i] = TupleDescAttr(desc, i)->attisdropped ? InvalidOid :
 				TupleDescAttr(desc, i)->atttypid;
@@ -810,8 +923,9 @@ rtsub_subscription_open(RtsubSession *session, const RtsubClientIdentity *who,
 	RtsubFormat format = rtsub_session_format(session);
 
 	ensure_registry();
+	/* small blocks: thousands of these live for hours, each a few kB */
 	cxt = AllocSetContextCreate(engine_cxt, "rtsub subscription",
-								ALLOCSET_SMALL_SIZES);
+								0, 1024, 1024);
 	sub = MemoryContextAllocZero(cxt, sizeof(RtsubSubscription));
 	sub->cxt = cxt;
 	sub->session = session;
@@ -864,10 +978,15 @@ rtsub_subscription_open(RtsubSession *session, const RtsubClientIdentity *who,
 		sub->priority = msg->priority;
 		sub->batch_size = msg->batch_size;
 		sub->throttle_ms = msg->throttle_ms;
-		initStringInfo(&sub->batch);
+		if (sub->batch_size > 1)
+			initStringInfo(&sub->batch);
 		code = open_in_transaction(who, msg, sub, detail);
 		if (code != NULL)
 			*detail = MemoryContextStrdup(callercxt, *detail);
+		MemoryContextSwitchTo(cxt);
+		if (sub->open_scratch)
+			MemoryContextDelete(sub->open_scratch);
+		sub->open_scratch = NULL;
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -1871,9 +1990,11 @@ rtsub_subscription_describe(RtsubSubscription *sub, StringInfo out)
 	rtsub_pos_format(sub->cursor, cursor);
 	appendStringInfo(out, ",\"table_oid\":%u,\"table\":", sub->relid);
 	escape_json(out, sub->relname);
-	appendStringInfo(out, ",\"state\":\"%s\",\"position\":\"%s\",\"failed\":%s,\"messages_sent\":" UINT64_FORMAT,
+	appendStringInfo(out, ",\"state\":\"%s\",\"position\":\"%s\",\"failed\":%s,\"messages_sent\":" UINT64_FORMAT
+					 ",\"memory_bytes\":%zu",
 					 sub->failed ? "failed" : sub->ended ? "ended" : states[sub->state],
-					 cursor, sub->failed ? "true" : "false", sub->messages_sent);
+					 cursor, sub->failed ? "true" : "false", sub->messages_sent,
+					 MemoryContextMemAllocated(sub->cxt, true));
 }
 
 /* number of open subscriptions */
@@ -1967,7 +2088,13 @@ scan_relation(ChunkBuilder *cb, Relation rel, TupleDesc root_desc,
 			row = execute_attr_map_slot(map, slot, root_slot);
 		econtext->ecxt_scantuple = row;
 		if (row_visible(sub, econtext))
+		{
+			/* values' text forms are per-row garbage (the buffers grow in their own context) */
+			MemoryContext old = MemoryContextSwitchTo(econtext->ecxt_per_tuple_memory);
+
 			chunk_add(cb, row);
+			MemoryContextSwitchTo(old);
+		}
 		ResetExprContext(econtext);
 	}
 	table_endscan(scan);
@@ -2005,6 +2132,7 @@ rtsub_snapshot_scan(const RtsubSnapshotRequest *req, RtsubSnapshotEmit emit, voi
 	const char *code;
 	char	   *detail = NULL;
 
+	ensure_registry();			/* the shared column descriptions live there */
 	sub = MemoryContextAllocZero(cxt, sizeof(RtsubSubscription));
 	sub->cxt = cxt;
 	sub->format = req->format;

@@ -531,7 +531,7 @@ session_create(struct lws *wsi, RtsubFormat format)
 {
 	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext,
 											  "rtsub session",
-											  ALLOCSET_SMALL_SIZES);
+											  0, 1024, 1024);	/* ~1.6 kB used */
 	RtsubSession *s = MemoryContextAllocZero(cxt, sizeof(RtsubSession));
 
 	s->cxt = cxt;
@@ -1121,7 +1121,14 @@ on_writeable(struct lws *wsi, RtsubSession *s)
 			if (lws_write(wsi, frame + LWS_PRE, 2 + rlen, LWS_WRITE_CLOSE_FRAME) < 0)
 				return -1;
 			s->close_sent = true;
-			lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, CLOSE_ACK_TIMEOUT_S);
+
+			/*
+			 * A stopping server (1001) bounds the wait for all sessions at
+			 * once (rtsub_ws_stop); a timeout per connection would cost
+			 * lws 4.1 a sorted insert each, quadratic in the clients.
+			 */
+			if (s->close_code != CLOSE_GOING_AWAY)
+				lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, CLOSE_ACK_TIMEOUT_S);
 		}
 		return 0;
 	}
@@ -1626,6 +1633,23 @@ on_established(struct lws *wsi, RtsubSession *s)
 	s->established = true;
 	/* no extension was offered, so none is active: frames are plain */
 	s->frames_raw = lws_hdr_total_length(wsi, WSI_TOKEN_EXTENSIONS) <= 0;
+
+	/*
+	 * permessage-deflate's compressor is set up at the first message:
+	 * with zlib's defaults (a 32 kB window, memLevel 8) it holds ~260 kB
+	 * per connection, which thousands of mostly idle clients cannot
+	 * afford.  A smaller window and memLevel compress small JSON messages
+	 * nearly as well for a tenth of the memory (a compressor may always
+	 * use a smaller window than the negotiated maximum).  Without the
+	 * extension these calls do nothing.
+	 */
+	if (!s->frames_raw)
+	{
+		(void) lws_set_extension_option(wsi, "permessage-deflate", "server_max_window_bits", "10");
+		(void) lws_set_extension_option(wsi, "permessage-deflate", "mem_level", "2");
+		(void) lws_set_extension_option(wsi, "permessage-deflate", "tx_buf_size", "10");
+		(void) lws_set_extension_option(wsi, "permessage-deflate", "rx_buf_size", "10");
+	}
 	dlist_push_tail(&sessions, &s->node);
 	nsessions++;
 	count(&rtsub_shared->ws_sessions_open, 1);

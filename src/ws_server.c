@@ -97,11 +97,18 @@ static int	http_callback(struct lws *wsi, enum lws_callback_reasons reason,
  * an upgrade to the first subprotocol the client offers that is listed
  * here; without any it binds protocol 0, which refuses (session.c).
  */
+/*
+ * WebSocket protocols read into a 1 kB buffer per connection (lws's
+ * default is 4 kB): client messages are small, and session.c assembles
+ * larger ones across callbacks; with thousands of idle clients it adds up.
+ */
+#define WS_RX_BUFFER_SIZE 1024
+
 static const struct lws_protocols protocols[] = {
 	{"http", http_callback, sizeof(HttpSession), 0, 0, NULL, 0},
-	{"rtsub.v1.json", rtsub_session_callback, sizeof(void *), 0,
+	{"rtsub.v1.json", rtsub_session_callback, sizeof(void *), WS_RX_BUFFER_SIZE,
 	RTSUB_FORMAT_JSON, NULL, 0},
-	{"rtsub.v1.msgpack", rtsub_session_callback, sizeof(void *), 0,
+	{"rtsub.v1.msgpack", rtsub_session_callback, sizeof(void *), WS_RX_BUFFER_SIZE,
 	RTSUB_FORMAT_MSGPACK, NULL, 0},
 	{NULL, NULL, 0, 0, 0, NULL, 0}
 };

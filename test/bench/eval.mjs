@@ -93,7 +93,8 @@ async function burst(firstId, expectDelivered) {
   await db.query(`INSERT INTO bench_eval SELECT i, 'user' || (i % ${N}), 'p' FROM generate_series(${firstId}, ${firstId + M - 1}) i`);
   const lsn = (await db.query('SELECT pg_current_wal_flush_lsn() AS l')).rows[0].l;
   for (;;) {
-    const r = await db.query("SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots WHERE slot_name = 'rtsub'", [lsn]);
+    // decoded and evaluated (the slot itself stays behind: the resume window)
+    const r = await db.query('SELECT decoded_upto >= $1::pg_lsn AS ok FROM rtsub.stats()', [lsn]);
     if (r.rows[0].ok && received >= expectDelivered) break;
     if (Date.now() - start > 120000) throw new Error('timed out');
     await sleep(20);

@@ -90,6 +90,7 @@ function metricsText() {
       let body = '';
       res.on('data', (d) => { body += d; });
       res.on('end', () => resolve(body));
+      res.on('error', reject);
     }).on('error', reject);
   });
 }
@@ -153,6 +154,7 @@ function sentTotal() {
       let body = '';
       res.on('data', (d) => { body += d; });
       res.on('end', () => resolve(Number(body.match(/^rtsub_messages_sent_total (\d+)$/m)[1])));
+      res.on('error', reject);
     }).on('error', reject);
   });
 }

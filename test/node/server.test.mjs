@@ -1,6 +1,6 @@
 // test/node/server.test.mjs — the rtsub server's HTTP skeleton, against the
 // shared test cluster (test/run: PGHOST/PGPORT/PGUSER/PGDATABASE are set; the
-// cluster includes test/cluster.conf, whose rtsub.port is 58710).  The port
+// cluster includes test/cluster.conf, whose rtsub.port test/run sets).  The port
 // is read back with SHOW rtsub.port.
 //
 // Covers: rtsub.wait_until_running() and rtsub.server_status(); GET /healthz
