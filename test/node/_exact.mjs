@@ -175,12 +175,13 @@ export function short(msgs) {
  * A WebSocket client (format 'json' or 'msgpack'); resolves after welcome.
  * pause()/resume() stop and restart reading the socket (a slow consumer).
  */
-export async function wsClient({ port, tok, format = 'json', maxPayload } = {}) {
+export async function wsClient({ port, tok, format = 'json', maxPayload, deflate } = {}) {
   const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/ws`, `rtsub.v1.${format}`, {
     headers: { Authorization: `Bearer ${tok}` },
-    // ws offers permessage-deflate, as browsers do; RTSUB_WS_DEFLATE=0 turns
-    // it off (to tell a compression problem from others)
-    perMessageDeflate: process.env.RTSUB_WS_DEFLATE !== '0',
+    // these tests are about what arrives, not compression: without
+    // permessage-deflate unless asked (deflate: true, or RTSUB_WS_DEFLATE=1
+    // for every client); snapshot.test.mjs has a test with it
+    perMessageDeflate: deflate ?? process.env.RTSUB_WS_DEFLATE === '1',
     ...(maxPayload ? { maxPayload } : {}),
   });
   const rec = recorder();

@@ -50,9 +50,12 @@ before(async () => {
 
 after(async () => {
   for (const c of clients) c.terminate();
-  await settings(db, RESET_ALL, 0);
-  await db.query('DROP TABLE IF EXISTS bp_log, bp_big CASCADE');
-  await db.end();
+  try {
+    await settings(db, RESET_ALL, 0);
+    await db.query('DROP TABLE IF EXISTS bp_log, bp_big CASCADE');
+  } finally {
+    await db.end();
+  }
 });
 
 const maxSeq = async () => Number((await db.query('SELECT coalesce(max(seq), 0) AS m FROM bp_log')).rows[0].m);

@@ -51,9 +51,12 @@ before(async () => {
 after(async () => {
   for (const c of clients) c.terminate();
   for (const r of resumers) r.drop();
-  await settings(db, { 'rtsub.resume_window': null, 'rtsub.resume_window_size': null }, 0);
-  await db.query('DROP TABLE IF EXISTS res_log CASCADE');
-  await db.end();
+  try {
+    await settings(db, { 'rtsub.resume_window': null, 'rtsub.resume_window_size': null }, 0);
+    await db.query('DROP TABLE IF EXISTS res_log CASCADE');
+  } finally {
+    await db.end();
+  }
 });
 
 const maxSeq = async () => Number((await db.query('SELECT coalesce(max(seq), 0) AS m FROM res_log')).rows[0].m);
