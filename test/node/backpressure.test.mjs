@@ -189,47 +189,6 @@ test('an SSE stream that is not read ends with error slow_consumer; Last-Event-I
   }
 });
 
-test('a 50 MB value is delivered whole over WS JSON, WS MessagePack and SSE', async (t) => {
-  const tok = await token(srv.secret, { sub: 'big' });
-  const json = await wsClient({ port: srv.port, tok, format: 'json', maxPayload: 200 * 1024 * 1024 });
-  const mp = await wsClient({ port: srv.port, tok, format: 'msgpack', maxPayload: 200 * 1024 * 1024 });
-  clients.push(json, mp);
-  for (const c of [json, mp]) {
-    c.send({ type: 'subscribe', id: 'big', subscription: 'exact_big' });
-    assert.equal((await c.next((m) => m.id === 'big' || m.ref === 'big', 10000, 'subscribed')).type, 'subscribed');
-  }
-  const es = sseEventSource(sseUrl(srv.base, { subscription: 'exact_big', tok }));
-  clients.push(es);
-  await es.wait((m) => m.type === 'subscribed', 10000, 'SSE subscribed');
-  // 50 MiB of distinct text (md5 of 1..1638400), not a repeated pattern
-  const SIZE = 50 * 1024 * 1024;
-  const ins = await db.query(`INSERT INTO bp_big SELECT 1, string_agg(md5(i::text), '' ORDER BY i)
-                              FROM generate_series(1, ${SIZE / 32}) i RETURNING md5(v) AS h, length(v) AS n`);
-  assert.equal(ins.rows[0].n, SIZE);
-  const want = ins.rows[0].h;
-  for (const [what, c, id] of [['WS JSON', json, 'big'], ['WS MessagePack', mp, 'big'], ['SSE', es, 'sse']]) {
-    const m = await c.wait((x) => x.type === 'change' && x.id === id, 120000, `${what}: the 50 MB change`);
-    assert.equal(m.op, 'insert');
-    assert.equal(m.row.id, 1);
-    assert.equal(m.row.v.length, SIZE, `${what}: the whole value`);
-    assert.equal(createHash('md5').update(m.row.v).digest('hex'), want, `${what}: the same bytes`);
-    assert.deepEqual(c.log.filter((x) => x.type === 'error'), [], `${what}: no error`);
-    m.row.v = null;   // free it
-  }
-  // and the streams go on
-  await db.query("INSERT INTO bp_big VALUES (2, 'small')");
-  for (const [what, c, id] of [['WS JSON', json, 'big'], ['WS MessagePack', mp, 'big'], ['SSE', es, 'sse']]) {
-    const m = await c.wait((x) => x.type === 'change' && x.id === id && x.row.id === 2, 30000, `${what}: the next change`);
-    assert.equal(m.row.v, 'small');
-    assertIncreasing(changesOf(c.log, id), what);
-  }
-  t.diagnostic('a 52428800-byte value arrived whole on three clients');
-  json.close();
-  mp.close();
-  es.close();
-  await db.query('DELETE FROM bp_big');
-});
-
 test('a change over rtsub.max_change_size: error change_too_large, then reset; the connection goes on', async () => {
   await settings(db, { 'rtsub.max_change_size': '1MB' });
   try {
@@ -336,4 +295,46 @@ test('a paused client does not make the slot keep WAL past the resume window', a
   } finally {
     await settings(db, { 'rtsub.resume_window_size': null, 'rtsub.max_send_buffer': null });
   }
+});
+
+// (last in this file: a large TOASTed value has crashed the server)
+test('a 50 MB value is delivered whole over WS JSON, WS MessagePack and SSE', async (t) => {
+  const tok = await token(srv.secret, { sub: 'big' });
+  const json = await wsClient({ port: srv.port, tok, format: 'json', maxPayload: 200 * 1024 * 1024 });
+  const mp = await wsClient({ port: srv.port, tok, format: 'msgpack', maxPayload: 200 * 1024 * 1024 });
+  clients.push(json, mp);
+  for (const c of [json, mp]) {
+    c.send({ type: 'subscribe', id: 'big', subscription: 'exact_big' });
+    assert.equal((await c.next((m) => m.id === 'big' || m.ref === 'big', 10000, 'subscribed')).type, 'subscribed');
+  }
+  const es = sseEventSource(sseUrl(srv.base, { subscription: 'exact_big', tok }));
+  clients.push(es);
+  await es.wait((m) => m.type === 'subscribed', 10000, 'SSE subscribed');
+  // 50 MiB of distinct text (md5 of 1..1638400), not a repeated pattern
+  const SIZE = 50 * 1024 * 1024;
+  const ins = await db.query(`INSERT INTO bp_big SELECT 1, string_agg(md5(i::text), '' ORDER BY i)
+                              FROM generate_series(1, ${SIZE / 32}) i RETURNING md5(v) AS h, length(v) AS n`);
+  assert.equal(ins.rows[0].n, SIZE);
+  const want = ins.rows[0].h;
+  for (const [what, c, id] of [['WS JSON', json, 'big'], ['WS MessagePack', mp, 'big'], ['SSE', es, 'sse']]) {
+    const m = await c.wait((x) => x.type === 'change' && x.id === id, 120000, `${what}: the 50 MB change`);
+    assert.equal(m.op, 'insert');
+    assert.equal(m.row.id, 1);
+    assert.equal(m.row.v.length, SIZE, `${what}: the whole value`);
+    assert.equal(createHash('md5').update(m.row.v).digest('hex'), want, `${what}: the same bytes`);
+    assert.deepEqual(c.log.filter((x) => x.type === 'error'), [], `${what}: no error`);
+    m.row.v = null;   // free it
+  }
+  // and the streams go on
+  await db.query("INSERT INTO bp_big VALUES (2, 'small')");
+  for (const [what, c, id] of [['WS JSON', json, 'big'], ['WS MessagePack', mp, 'big'], ['SSE', es, 'sse']]) {
+    const m = await c.wait((x) => x.type === 'change' && x.id === id && x.row.id === 2, 30000, `${what}: the next change`);
+    assert.equal(m.row.v, 'small');
+    assertIncreasing(changesOf(c.log, id), what);
+  }
+  t.diagnostic('a 52428800-byte value arrived whole on three clients');
+  json.close();
+  mp.close();
+  es.close();
+  await db.query('DELETE FROM bp_big');
 });
