@@ -1997,17 +1997,79 @@ sse_refuse(struct lws *wsi, int status, const char *code, const char *message)
 	return rtsub_http_error(wsi, status, code, message);
 }
 
+/*
+ * CORS for a browser on an allowed origin (checked before): the origin
+ * echoed with Vary: Origin, no credentials (tokens are not cookies).
+ * Nothing for requests without Origin.  Nonzero if the headers do not fit.
+ */
+static int
+sse_cors_headers(struct lws *wsi, const char *origin, unsigned char **p,
+				 unsigned char *end)
+{
+	if (origin == NULL || strlen(origin) > 512)
+		return 0;
+	return lws_add_http_header_by_name(wsi, (const unsigned char *) "access-control-allow-origin:",
+									   (const unsigned char *) origin, (int) strlen(origin), p, end) ||
+		lws_add_http_header_by_name(wsi, (const unsigned char *) "vary:",
+									(const unsigned char *) "Origin", 6, p, end);
+}
+
+/*
+ * OPTIONS /v1/sse, a browser's CORS preflight (for Authorization or
+ * Last-Event-ID): 204 with what may be sent, for an allowed origin; 403
+ * origin_not_allowed otherwise.  Returns what the callback returns.
+ */
+int
+rtsub_sse_preflight(struct lws *wsi)
+{
+	MemoryContext old = MemoryContextSwitchTo(scratch());
+	unsigned char headers[LWS_PRE + 1024];
+	unsigned char *start = headers + LWS_PRE;
+	unsigned char *p = start;
+	unsigned char *end = headers + sizeof(headers) - 1;
+	char	   *origin;
+	int			rc = -1;
+
+	if (!origin_allowed(wsi, &origin) || origin == NULL)
+	{
+		rc = sse_refuse(wsi, 403, "origin_not_allowed",
+						origin ? psprintf("origin \"%s\" is not allowed", origin) :
+						"a preflight needs an Origin");
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(scratch());
+		return rc;
+	}
+	if (lws_add_http_common_headers(wsi, HTTP_STATUS_NO_CONTENT, NULL, 0, &p, end) == 0 &&
+		sse_cors_headers(wsi, origin, &p, end) == 0 &&
+		lws_add_http_header_by_name(wsi, (const unsigned char *) "access-control-allow-methods:",
+									(const unsigned char *) "GET", 3, &p, end) == 0 &&
+		lws_add_http_header_by_name(wsi, (const unsigned char *) "access-control-allow-headers:",
+									(const unsigned char *) "Authorization, Last-Event-ID", 28, &p, end) == 0 &&
+		lws_add_http_header_by_name(wsi, (const unsigned char *) "access-control-max-age:",
+									(const unsigned char *) "600", 3, &p, end) == 0 &&
+		lws_finalize_write_http_header(wsi, start, &p, end) == 0)
+	{
+		if (rtsub_shared)
+			pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, p - start);
+		rc = lws_http_transaction_completed(wsi) ? -1 : 0;
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(scratch());
+	return rc;
+}
+
 /* write the 200 response head of an SSE stream (no length: until close) */
 static int
-sse_write_headers(struct lws *wsi)
+sse_write_headers(struct lws *wsi, const char *origin)
 {
-	unsigned char headers[LWS_PRE + 512];
+	unsigned char headers[LWS_PRE + 1024];
 	unsigned char *start = headers + LWS_PRE;
 	unsigned char *p = start;
 	unsigned char *end = headers + sizeof(headers) - 1;
 
 	if (lws_add_http_common_headers(wsi, HTTP_STATUS_OK, "text/event-stream",
 									LWS_ILLEGAL_HTTP_CONTENT_LEN, &p, end) ||
+		sse_cors_headers(wsi, origin, &p, end) ||
 		lws_add_http_header_by_name(wsi, (const unsigned char *) "cache-control:",
 									(const unsigned char *) "no-store", 8, &p, end) ||
 		lws_add_http_header_by_name(wsi, (const unsigned char *) "x-accel-buffering:",
@@ -2046,6 +2108,9 @@ sse_subscribe_msg(struct lws *wsi, RtsubClientMsg *msg, char **detail)
 		if (lws_hdr_custom_copy(wsi, last_id, n + 1, "last-event-id:", 14) < 0)
 			last_id = NULL;
 	}
+	/* a page resuming from a stored id cannot set headers on EventSource */
+	if (last_id == NULL)
+		last_id = query_arg(wsi, "lastEventId=");
 
 	if (name == NULL || name[0] == '\0')
 	{
@@ -2246,7 +2311,7 @@ sse_request(struct lws *wsi, void **handle)
 	audit("SSE stream accepted: %s role \"%s\" subscription \"%s\"",
 		  s->remote, s->role, msg.subscription);
 
-	if (sse_write_headers(wsi) != 0)
+	if (sse_write_headers(wsi, origin) != 0)
 		return -1;
 	/* an endless response: no timeout, and the request head is not needed */
 	lws_http_mark_sse(wsi);

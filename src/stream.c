@@ -44,6 +44,12 @@
 
 static LogicalDecodingContext *stream_ctx = NULL;
 
+/*
+ * WAL read per poll at most: WAL of tables nobody subscribes to (a bulk
+ * load) yields no changes, and must not keep the server from its clients
+ */
+#define MAX_WAL_PER_POLL (8 * 1024 * 1024)
+
 /* batch state while polling */
 typedef struct DescCopy
 {
@@ -220,7 +226,8 @@ rtsub_stream_open(const char *slot_name)
 }
 
 /*
- * Decode flushed WAL until caught up or max_changes changes are collected.
+ * Decode flushed WAL until caught up, max_changes changes are collected or
+ * MAX_WAL_PER_POLL bytes are read.
  * The changes, copied into cxt, are appended to *changes (RtsubChange *).
  * Returns the position up to which WAL has been read.
  */
@@ -228,6 +235,7 @@ XLogRecPtr
 rtsub_stream_poll(int max_changes, MemoryContext cxt, List **changes)
 {
 	XLogRecPtr	end_of_wal = GetFlushRecPtr(NULL);
+	XLogRecPtr	start;
 	MemoryContext oldcxt;
 
 	Assert(stream_ctx != NULL);
@@ -241,8 +249,10 @@ rtsub_stream_poll(int max_changes, MemoryContext cxt, List **changes)
 	 * CurrentMemoryContext: decode in the decoding context's own.
 	 */
 	oldcxt = MemoryContextSwitchTo(stream_ctx->context);
+	start = stream_ctx->reader->EndRecPtr;
 	while (stream_ctx->reader->EndRecPtr < end_of_wal &&
-		   list_length(batch_changes) < max_changes)
+		   list_length(batch_changes) < max_changes &&
+		   stream_ctx->reader->EndRecPtr - start < MAX_WAL_PER_POLL)
 	{
 		XLogRecord *record;
 		char	   *errm = NULL;

@@ -42,6 +42,7 @@
 #include "utils/wait_event.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "commands/extension.h"
 #include "utils/timestamp.h"
 
@@ -202,22 +203,24 @@ stream_retire(void)
 }
 
 /*
- * Decode what has been committed since the last poll.  Each decoded batch
- * joins the resume window (window.c) and is evaluated for the live
+ * Decode what has been committed since the last poll, one bounded batch
+ * (true if more WAL waits: the loop then does not sleep).  Each decoded
+ * batch joins the resume window (window.c) and is evaluated for the live
  * subscriptions; the slot is confirmed up to the window's start.  An ERROR
  * closes the stream, which is opened again after STREAM_RETRY_MS, from the
  * slot's confirmed position: nothing handled is lost, nothing is skipped,
  * and what is decoded again is recognised as already in the window.
  */
-static void
+static bool
 poll_stream(void)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	MemoryContext volatile batch_cxt = NULL;
+	volatile bool more = false;
 
 	if (stream_failed_at != 0 &&
 		!TimestampDifferenceExceeds(stream_failed_at, GetCurrentTimestamp(), STREAM_RETRY_MS))
-		return;
+		return false;
 
 	PG_TRY();
 	{
@@ -251,7 +254,7 @@ poll_stream(void)
 					rtsub_window_open(rtsub_slot_name, created, rtsub_stream_confirmed());
 				}
 			}
-			do
+			/* one bounded batch per loop iteration: sockets are served in between */
 			{
 				RtsubSegment *seg;
 
@@ -267,8 +270,8 @@ poll_stream(void)
 				rtsub_stream_confirm(rtsub_window_checkpoint(upto, GetCurrentTimestamp()));
 				pg_atomic_write_u64(&rtsub_shared->stream_read_upto, upto);
 				pg_atomic_write_u64(&rtsub_shared->slot_confirmed, rtsub_stream_confirmed());
-				CHECK_FOR_INTERRUPTS();
-			} while (n >= STREAM_BATCH);
+				more = (upto < GetFlushRecPtr(NULL));
+			}
 		}
 	}
 	PG_CATCH();
@@ -289,6 +292,7 @@ poll_stream(void)
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(oldcxt);
+	return more;
 }
 
 /*
@@ -303,7 +307,7 @@ rtsub_worker_open_stream_now(void)
 		return;
 	extension_checked_at = 0;
 	stream_failed_at = 0;
-	poll_stream();
+	(void) poll_stream();
 }
 
 /*
@@ -402,8 +406,8 @@ rtsub_worker_main(Datum main_arg)
 		}
 
 		/* committed changes, the engine, then sockets and timers, without blocking */
-		poll_stream();
-		busy = step_engine();
+		busy = poll_stream();
+		busy |= step_engine();
 		rtsub_ws_service();
 	}
 }

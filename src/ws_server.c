@@ -735,6 +735,8 @@ handle_http_request(struct lws *wsi, HttpSession *session, const char *uri)
 	/* Server-Sent Events: session.c answers (and catches its errors) */
 	if (is_get && strcmp(uri, "/v1/sse") == 0)
 		return rtsub_sse_request(wsi, &session->sse);
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_OPTIONS_URI) > 0 && strcmp(uri, "/v1/sse") == 0)
+		return rtsub_sse_preflight(wsi);
 
 	PG_TRY();
 	{

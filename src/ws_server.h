@@ -33,6 +33,7 @@ extern int	rtsub_sessions_count(void);
 
 /* Server-Sent Events streams (GET /v1/sse) */
 extern int	rtsub_sse_request(struct lws *wsi, void **handle);
+extern int	rtsub_sse_preflight(struct lws *wsi);
 extern int	rtsub_sse_writeable(struct lws *wsi, void *handle);
 extern void rtsub_sse_closed(void *handle);
 

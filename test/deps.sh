@@ -24,6 +24,13 @@ if [ -f "$TOP/test/package.json" ] && ! command -v node >/dev/null 2>&1; then
 	PACKAGES+=(nodejs npm ca-certificates)
 fi
 
+# The JavaScript client's browser tests (clients/js/test/browser) drive Debian's
+# Chromium with playwright-core.
+if [ -f "$TOP/clients/js/package.json" ]; then
+	PACKAGES+=(chromium)
+	command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs npm ca-certificates)
+fi
+
 missing=()
 for p in "${PACKAGES[@]}"; do
 	status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)
@@ -62,6 +69,21 @@ if [ -f "$TOP/test/package.json" ]; then
 			npm install --prefix "$TOP/test" --no-audit --no-fund
 		fi
 		mkdir -p "$mods" && touch "$mods"
+	fi
+fi
+# The JavaScript client's dependencies (clients/js: @msgpack/msgpack; for
+# its tests ws, jose, pg, playwright-core)
+if [ -f "$TOP/clients/js/package.json" ]; then
+	cdir=$TOP/clients/js
+	if [ ! -d "$cdir/node_modules" ] || { [ -f "$cdir/package-lock.json" ] && [ "$cdir/package-lock.json" -nt "$cdir/node_modules" ]; } ||
+	   [ "$cdir/package.json" -nt "$cdir/node_modules" ]; then
+		echo "deps.sh: installing the JavaScript client's dependencies in clients/js/node_modules"
+		if [ -f "$cdir/package-lock.json" ]; then
+			npm ci --prefix "$cdir" --no-audit --no-fund
+		else
+			npm install --prefix "$cdir" --no-audit --no-fund
+		fi
+		mkdir -p "$cdir/node_modules" && touch "$cdir/node_modules"
 	fi
 fi
 exit 0

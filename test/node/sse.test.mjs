@@ -401,3 +401,34 @@ test('closing the client closes the stream and its subscription', async () => {
   assert.equal(e.data.row.id, 20);
   c.es.close();
 });
+
+test('CORS: an allowed origin gets Access-Control-Allow-Origin and a preflight; lastEventId in the query resumes', async () => {
+  const url = sseUrl({ params: { org_id: 1 }, tok: await token() });
+  const pre = await fetch(url, { method: 'OPTIONS', headers: { Origin: ALLOWED_ORIGIN, 'Access-Control-Request-Method': 'GET', 'Access-Control-Request-Headers': 'last-event-id' } });
+  assert.equal(pre.status, 204);
+  assert.equal(pre.headers.get('access-control-allow-origin'), ALLOWED_ORIGIN);
+  assert.match(pre.headers.get('access-control-allow-headers'), /Last-Event-ID/);
+  assert.match(pre.headers.get('access-control-allow-methods'), /GET/);
+  assert.match(pre.headers.get('vary'), /Origin/);
+  const evil = await fetch(url, { method: 'OPTIONS', headers: { Origin: 'http://evil.example' } });
+  assert.equal(evil.status, 403);
+  assert.equal(evil.headers.get('access-control-allow-origin'), null);
+
+  const c = await rawStream(url, { Origin: ALLOWED_ORIGIN });
+  assert.equal(c.status, 200);
+  assert.equal(c.headers.get('access-control-allow-origin'), ALLOWED_ORIGIN);
+  const w = await c.next((e) => e.type === 'welcome', 5000, 'welcome');
+  await c.next((e) => e.type === 'subscribed', 5000, 'subscribed');
+  await db.query(`INSERT INTO sse_tasks VALUES (30, 1, 'cors')`);
+  const e = await c.next((x) => x.type === 'change', 5000, 'change');
+  c.close();
+  await db.query(`INSERT INTO sse_tasks VALUES (31, 1, 'missed')`);
+  // EventSource cannot set headers on its first request: the id may come in the query
+  const r = await rawStream(`${url}&lastEventId=${encodeURIComponent(e.id)}`, { Origin: ALLOWED_ORIGIN });
+  const s = await r.next((x) => x.type === 'subscribed', 5000, 'subscribed');
+  assert.equal(s.data.resumed, true);
+  const m = await r.next((x) => x.type === 'change', 5000, 'missed change');
+  assert.equal(m.data.row.id, 31);
+  assert.equal(w.data.epoch, s.data.epoch);
+  r.close();
+});
