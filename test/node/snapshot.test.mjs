@@ -394,8 +394,10 @@ test('with permessage-deflate: a snapshot of 3000 rows and the changes after it 
       c.send({ type: 'subscribe', id: 'd', subscription: 'exact_snap_deflate', snapshot: true });
       const live = await c.wait((m) => m.type === 'live' && m.id === 'd', 30000, `${format}: live`);
       const rows = c.log.filter((m) => m.type === 'snapshot').flatMap((m) => m.rows);
-      assert.equal(rows.length, 3000, `${format}: every row`);
-      assert.deepEqual(rows.map((x) => x.id).sort((a, b) => a - b), Array.from({ length: 3000 }, (_, i) => i + 1));
+      // every row of the table (the JSON round's 100 later rows are in the MessagePack one's)
+      const ids = (await db.query('SELECT id FROM snap_deflate ORDER BY id')).rows.map((x) => x.id);
+      assert.equal(rows.length, ids.length, `${format}: every row`);
+      assert.deepEqual(rows.map((x) => x.id).sort((a, b) => a - b), ids);
       await db.query(`INSERT INTO snap_deflate SELECT i, repeat('z', 5000) FROM generate_series(${format === 'json' ? 5001 : 6001}, ${format === 'json' ? 5100 : 6100}) i`);
       await until(() => changesOf(c.log, 'd').length === 100, () => `${format}: the 100 changes (${changesOf(c.log, 'd').length})`, 30000);
       assert.ok(eid(changesOf(c.log, 'd')[0].event) > eid(live.at));
