@@ -1001,6 +1001,21 @@ start_close(RtsubSession *s, int code, const char *reason)
 		lws_callback_on_writable(s->wsi);
 }
 
+/* a queued message is written: it leaves the queue and is counted */
+static void
+count_written(RtsubSession *s, const SendItem *item)
+{
+	s->queued_bytes -= item->len;
+	s->queued_messages--;
+	s->messages_sent++;
+	s->bytes_sent += item->len;
+	if (rtsub_shared)
+	{
+		pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
+		pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
+	}
+}
+
 /*
  * write queued messages while the socket takes them (at most
  * MAX_WRITES_PER_CALLBACK per callback, n already written); -1 if the
@@ -1049,15 +1064,7 @@ drain_queue(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind, int 
 		{
 			s->partial = NULL;
 			s->partial_off = 0;
-			s->queued_bytes -= item->len;
-			s->queued_messages--;
-			if (rtsub_shared)
-			{
-				pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
-				pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
-			}
-			s->messages_sent++;
-			s->bytes_sent += item->len;
+			count_written(s, item);
 			if (item->commit_time != 0)
 				rtsub_observe_latency(item->commit_time, GetCurrentTimestamp());
 			free(item);
@@ -1131,15 +1138,7 @@ drain_frames(RtsubSession *s, struct lws *wsi, enum lws_write_protocol kind)
 			}
 			memcpy(p, item->buf + LWS_PRE, item->len);
 			len = (p + item->len) - (buf + LWS_PRE);
-			s->queued_bytes -= item->len;
-			s->queued_messages--;
-			s->messages_sent++;
-			s->bytes_sent += item->len;
-			if (rtsub_shared)
-			{
-				pg_atomic_fetch_add_u64(&rtsub_shared->messages_sent, 1);
-				pg_atomic_fetch_add_u64(&rtsub_shared->bytes_sent, item->len);
-			}
+			count_written(s, item);
 			if (item->commit_time != 0)
 				commit_times[ncommits++] = item->commit_time;
 			free(item);
